@@ -1,0 +1,185 @@
+//! What the operator's files say: space files and zone files, loaded and checked.
+//!
+//! Two stages, as in ripgrep's flags: [`load`] reads the files into their serde [`model`] (every
+//! syntax error with its position), and [`validate`] checks them as a whole and builds the typed
+//! [`Config`] that `snapshot::compile` consumes. Every problem is a [`Diagnostic`] with
+//! `path:line:column`, and one run reports all of them. No sockets, no tokio, no logging.
+
+pub mod load;
+pub mod model;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use hickory_proto::rr::{Name, RecordSet, RrKey};
+use ipnet::IpNet;
+
+pub use model::Audience;
+
+/// A problem in an operator's file, with the place it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Loads and validates every space file in `dir`: the whole of what `check` and `serve` read.
+pub fn load_dir(dir: &Path) -> Result<Config, Vec<Diagnostic>> {
+    let (sources, diagnostics) = load::load_sources(dir);
+    checked(sources, diagnostics)
+}
+
+/// Parses and validates in-memory files: (path, YAML) space files and the (path, text) zone and
+/// certificate files they name. Tests, fuzz targets and benches build configs this way.
+pub fn parse_texts(files: &[(&str, &str)], others: &[(&str, &str)]) -> Result<Config, Vec<Diagnostic>> {
+    let (sources, diagnostics) = load::parse_sources(files, others);
+    checked(sources, diagnostics)
+}
+
+fn checked(sources: Vec<load::Source>, mut diagnostics: Vec<Diagnostic>) -> Result<Config, Vec<Diagnostic>> {
+    match validate::validate(sources) {
+        Ok(config) if diagnostics.is_empty() => Ok(config),
+        Ok(_) => Err(diagnostics),
+        Err(more) => {
+            diagnostics.extend(more);
+            Err(diagnostics)
+        }
+    }
+}
+
+/// The checked configuration: every space, sorted by name, with typed values.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The spaces, sorted by name.
+    pub spaces: Vec<Space>,
+}
+
+/// A checked space.
+#[derive(Debug, Clone)]
+pub struct Space {
+    /// The space's name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The shared app domain, lower-case and fully qualified.
+    pub domain: Name,
+    /// The space's own network.
+    pub network: IpNet,
+    /// Trusted networks outside the space.
+    pub peers: Vec<Peer>,
+    /// Internal router endpoints.
+    pub router_private: Vec<IpAddr>,
+    /// Public router endpoints.
+    pub router_public: Vec<IpAddr>,
+    /// TTL of synthesized records.
+    pub ttl: u32,
+    /// Name servers; never empty (a default is filled in).
+    pub nameservers: Vec<Nameserver>,
+    /// Parsed zone files.
+    pub zones: Vec<Zone>,
+    /// The apps.
+    pub apps: Vec<App>,
+}
+
+/// A checked peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's name.
+    pub name: String,
+    /// Its networks.
+    pub cidrs: Vec<IpNet>,
+}
+
+/// A checked name server.
+#[derive(Debug, Clone)]
+pub struct Nameserver {
+    /// Host name, lower-case and fully qualified.
+    pub name: Name,
+    /// Glue address.
+    pub ip: Option<IpAddr>,
+}
+
+/// A parsed zone file.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// The zone file.
+    pub file: PathBuf,
+    /// The apex: the owner of the SOA, lower-case.
+    pub apex: Name,
+    /// Who sees it.
+    pub audience: Audience,
+    /// Its records, as hickory's zone parser returns them.
+    pub records: BTreeMap<RrKey, RecordSet>,
+}
+
+/// A checked app.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The app's name.
+    pub name: String,
+    /// `true` for an internal app, `false` for a standard (public) one.
+    pub internal_routing: bool,
+    /// Indexes into the space's `peers` allowed to see the app; `None` means every peer.
+    pub allow: Option<Vec<usize>>,
+    /// Custom domains, lower-case and fully qualified; wildcards keep their `*` label.
+    pub domains: Vec<Name>,
+    /// The certificate pair for the router.
+    pub tls: Option<Tls>,
+    /// The dynos.
+    pub dynos: Vec<Dyno>,
+}
+
+/// A certificate pair, read from its files.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificate path.
+    pub cert: PathBuf,
+    /// Key path.
+    pub key: PathBuf,
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// A checked dyno.
+#[derive(Debug, Clone)]
+pub struct Dyno {
+    /// Process type, e.g. `web`.
+    pub process: String,
+    /// Its number within the process type, e.g. `1`.
+    pub index: u32,
+    /// Private address.
+    pub ip: IpAddr,
+    /// Port, if it listens.
+    pub port: Option<u16>,
+}
+
+impl Dyno {
+    /// The dyno's name as written, e.g. `web.1`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.process, self.index)
+    }
+}

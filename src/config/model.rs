@@ -1,0 +1,137 @@
+//! The serde types that mirror a space file, field for field.
+//!
+//! No logic lives here: `load` fills these from YAML, `validate` checks them and turns them into
+//! the typed [`crate::config::Config`]. Every key an operator may write is a field below, and an
+//! unknown key is an error (`deny_unknown_fields`).
+
+use serde::Deserialize;
+
+/// One YAML space file: a private space, its trusted networks, its apps and zone files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceFile {
+    /// The space's name, `[a-z0-9-]+`, unique across files.
+    pub space: String,
+    /// The shared app domain; `herokuapp.com` when absent.
+    pub domain: Option<String>,
+    /// The space's own CIDR (IPv4 or IPv6).
+    pub network: String,
+    /// Trusted networks outside the space: peered VPCs, VPN-connected offices.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// The router endpoints that app names resolve to.
+    #[serde(default)]
+    pub router: Router,
+    /// Default TTL of synthesized records, in seconds; 60 when absent.
+    pub ttl: Option<u32>,
+    /// NS (and glue) of the zones this space sees; the first is the SOA MNAME.
+    #[serde(default)]
+    pub nameservers: Vec<Nameserver>,
+    /// RFC 1035 zone files, relative to this file.
+    #[serde(default)]
+    pub zones: Vec<ZoneEntry>,
+    /// The space's apps.
+    #[serde(default)]
+    pub apps: Vec<App>,
+}
+
+/// A trusted network outside the space.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// The peer's name, which apps' `allow` lists refer to.
+    pub name: String,
+    /// The peer's CIDRs (IPv4 or IPv6).
+    pub cidrs: Vec<String>,
+}
+
+/// The router endpoints of a space.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// Internal endpoints: the A/AAAA answers for trusted askers.
+    #[serde(default)]
+    pub private: Vec<String>,
+    /// Public endpoints, answered for standard apps only.
+    #[serde(default)]
+    pub public: Vec<String>,
+}
+
+/// A name server of the zones a space sees.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nameserver {
+    /// The server's host name.
+    pub name: String,
+    /// Its address, served as glue.
+    pub ip: Option<String>,
+}
+
+/// Who a zone file is served to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Audience {
+    /// Askers trusted by the space (its network and peers).
+    #[default]
+    Trusted,
+    /// Every other asker.
+    Public,
+}
+
+/// A zone file the space serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneEntry {
+    /// The zone file's path, relative to the space file.
+    pub file: String,
+    /// Who sees this file's data.
+    #[serde(default)]
+    pub audience: Audience,
+}
+
+/// An app of the space.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The app's name, `[a-z][a-z0-9-]{2,29}`, unique per domain.
+    pub name: String,
+    /// `true` (the default): reachable only from inside; `false`: a standard, public app.
+    #[serde(default = "default_true")]
+    pub internal_routing: bool,
+    /// Only these peers may resolve the app; the space itself always may.
+    pub allow: Option<Vec<String>>,
+    /// Custom domains, exact (`api.example.com`) or wildcard (`*.tools.example.com`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// The certificate the router presents for the custom domains.
+    pub tls: Option<Tls>,
+    /// The app's dynos.
+    #[serde(default)]
+    pub dynos: Vec<Dyno>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A certificate and key pair in PEM files, relative to the space file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain.
+    pub cert: String,
+    /// The private key.
+    pub key: String,
+}
+
+/// One dyno of an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dyno {
+    /// `<process>.<n>`, e.g. `web.1`.
+    pub name: String,
+    /// The dyno's private address.
+    pub ip: String,
+    /// The port it listens on; required for `web` dynos.
+    pub port: Option<u16>,
+}

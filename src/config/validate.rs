@@ -1,0 +1,586 @@
+//! Checks loaded space files as a whole and builds the typed [`Config`].
+//!
+//! Each check reports a [`Diagnostic`] at the line of the entry it is about, and every check
+//! runs, so one `spaceroute check` shows every problem. Pure: it reads no files (`load` did).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use hickory_proto::rr::{Name, RecordType};
+use ipnet::IpNet;
+
+use super::load::{Positions, Source, ZoneText};
+use super::{App, Config, Diagnostic, Dyno, Nameserver, Peer, Space, Tls, Zone, model};
+
+/// The most peers a space may have (the allow masks are 64 bits wide).
+pub const MAX_PEERS: usize = 64;
+
+/// Validates `sources` and returns the [`Config`], or every diagnostic found.
+pub fn validate(sources: Vec<Source>) -> Result<Config, Vec<Diagnostic>> {
+    let mut v = Validator::default();
+    let mut spaces: Vec<(Space, &Source)> = Vec::new();
+    for source in &sources {
+        if let Some(space) = v.space(source) {
+            spaces.push((space, source));
+        }
+    }
+    v.across(&spaces);
+    if !v.diagnostics.is_empty() {
+        return Err(v.diagnostics);
+    }
+    let mut spaces: Vec<Space> = spaces.into_iter().map(|(s, _)| s).collect();
+    spaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Config { spaces })
+}
+
+#[derive(Default)]
+struct Validator {
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Where a diagnostic goes: a file and its positions.
+struct Here<'a> {
+    path: &'a Path,
+    positions: &'a Positions,
+}
+
+impl Here<'_> {
+    fn error(&self, entry: &str, message: String) -> Diagnostic {
+        let (line, column) = self.positions.at(entry);
+        Diagnostic {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+impl Validator {
+    fn report(&mut self, here: &Here, entry: &str, message: String) {
+        self.diagnostics.push(here.error(entry, message));
+    }
+
+    /// Checks one space file on its own; `None` when it is too broken to cross-check.
+    fn space(&mut self, source: &Source) -> Option<Space> {
+        let here = Here {
+            path: &source.path,
+            positions: &source.positions,
+        };
+        let f = &source.file;
+        let before = self.diagnostics.len();
+
+        if !is_space_name(&f.space) {
+            self.report(&here, "space", format!("space name {:?} must be [a-z0-9-]+", f.space));
+        }
+        let domain = match parse_host(f.domain.as_deref().unwrap_or("herokuapp.com"), false) {
+            Ok(d) => d,
+            Err(e) => {
+                self.report(&here, "domain", format!("domain: {e}"));
+                Name::root()
+            }
+        };
+        let network = self.cidr(&here, "network", &f.network);
+
+        let mut peers: Vec<Peer> = Vec::new();
+        if f.peers.len() > MAX_PEERS {
+            self.report(&here, "peers", format!("at most {MAX_PEERS} peers per space"));
+        }
+        for (i, p) in f.peers.iter().enumerate() {
+            let entry = format!("peers[{i}]");
+            if !is_space_name(&p.name) {
+                let msg = format!("peer name {:?} must be [a-z0-9-]+", p.name);
+                self.report(&here, &format!("{entry}.name"), msg);
+            } else if peers.iter().any(|q| q.name == p.name) {
+                let msg = format!("duplicate peer name {:?}", p.name);
+                self.report(&here, &format!("{entry}.name"), msg);
+            }
+            if p.cidrs.is_empty() {
+                self.report(&here, &entry, format!("peer {:?} has no cidrs", p.name));
+            }
+            let cidrs = (p.cidrs.iter().enumerate())
+                .filter_map(|(j, c)| self.cidr(&here, &format!("{entry}.cidrs[{j}]"), c))
+                .collect();
+            peers.push(Peer {
+                name: p.name.clone(),
+                cidrs,
+            });
+        }
+
+        let router_private = self.ips(&here, "router.private", &f.router.private);
+        let router_public = self.ips(&here, "router.public", &f.router.public);
+
+        let mut nameservers = Vec::new();
+        for (i, ns) in f.nameservers.iter().enumerate() {
+            let entry = format!("nameservers[{i}]");
+            let name = parse_host(&ns.name, false)
+                .map_err(|e| self.report(&here, &format!("{entry}.name"), format!("name: {e}")))
+                .ok();
+            let ip = ns.ip.as_ref().and_then(|ip| self.ip(&here, &format!("{entry}.ip"), ip));
+            if let Some(name) = name {
+                nameservers.push(Nameserver { name, ip });
+            }
+        }
+        if f.nameservers.is_empty() {
+            let default = format!("ns1.{}.spaceroute.internal.", f.space);
+            if let Ok(name) = parse_host(&default, false) {
+                nameservers.push(Nameserver { name, ip: None });
+            }
+        }
+
+        let mut zones: Vec<Zone> = Vec::new();
+        for (i, (entry, text)) in f.zones.iter().zip(&source.zones).enumerate() {
+            let Some(text) = text else { continue };
+            if let Some(zone) = self.zone(text, entry.audience) {
+                if zones.iter().any(|z| z.apex == zone.apex && z.audience == entry.audience) {
+                    let msg = format!(
+                        "zone {} is served twice to the same audience",
+                        zone.apex.to_ascii()
+                    );
+                    self.report(&here, &format!("zones[{i}].file"), msg);
+                }
+                zones.push(zone);
+            }
+        }
+
+        let mut apps: Vec<App> = Vec::new();
+        for (i, a) in f.apps.iter().enumerate() {
+            let cert = source.certs.get(i).cloned().flatten();
+            if let Some(app) = self.app(&here, i, a, &peers, cert) {
+                if apps.iter().any(|b| b.name == app.name) {
+                    let msg = format!("duplicate app name {:?}", app.name);
+                    self.report(&here, &format!("apps[{i}].name"), msg);
+                }
+                apps.push(app);
+            }
+        }
+        let has_internal = apps.iter().any(|a| a.internal_routing);
+        if has_internal && router_private.is_empty() {
+            let msg = "internal apps need router.private addresses".to_string();
+            self.report(&here, "router", msg);
+        }
+        for (i, a) in apps.iter().enumerate() {
+            if !a.internal_routing && router_public.is_empty() {
+                let msg = format!(
+                    "standard app {:?} (internal_routing: false) needs router.public in its space",
+                    a.name
+                );
+                self.report(&here, &format!("apps[{i}].internal_routing"), msg);
+            }
+        }
+
+        let network = network?;
+        (self.diagnostics.len() == before).then(|| Space {
+            name: f.space.clone(),
+            file: source.path.clone(),
+            domain,
+            network,
+            peers,
+            router_private,
+            router_public,
+            ttl: f.ttl.unwrap_or(60),
+            nameservers,
+            zones,
+            apps,
+        })
+    }
+
+    fn app(
+        &mut self,
+        here: &Here,
+        i: usize,
+        a: &model::App,
+        peers: &[Peer],
+        cert: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Option<App> {
+        let before = self.diagnostics.len();
+        let entry = format!("apps[{i}]");
+        if !is_app_name(&a.name) {
+            let msg = format!("app name {:?} must be [a-z][a-z0-9-]{{2,29}}", a.name);
+            self.report(here, &format!("{entry}.name"), msg);
+        }
+        let allow = a.allow.as_ref().map(|allow| {
+            (allow.iter().enumerate())
+                .filter_map(|(j, name)| {
+                    let found = peers.iter().position(|p| &p.name == name);
+                    if found.is_none() {
+                        let msg = format!("allow names {name:?}, which is not a peer of this space");
+                        self.report(here, &format!("{entry}.allow[{j}]"), msg);
+                    }
+                    found
+                })
+                .collect()
+        });
+        let mut domains: Vec<Name> = Vec::new();
+        for (j, d) in a.domains.iter().enumerate() {
+            match parse_host(d, true) {
+                Ok(name) if domains.contains(&name) => {
+                    let msg = format!("domain {d:?} is listed twice");
+                    self.report(here, &format!("{entry}.domains[{j}]"), msg);
+                }
+                Ok(name) => domains.push(name),
+                Err(e) => self.report(here, &format!("{entry}.domains[{j}]"), format!("domain: {e}")),
+            }
+        }
+        let mut dynos: Vec<Dyno> = Vec::new();
+        for (j, d) in a.dynos.iter().enumerate() {
+            let at = format!("{entry}.dynos[{j}]");
+            let shape = d.name.split_once('.').and_then(|(process, n)| {
+                let n: u32 = n.parse().ok().filter(|n: &u32| *n > 0)?;
+                (is_process(process) && n.to_string() == d.name[process.len() + 1..])
+                    .then(|| (process.to_string(), n))
+            });
+            let Some((process, index)) = shape else {
+                let msg = format!("dyno name {:?} must be <process>.<n>, like web.1", d.name);
+                self.report(here, &format!("{at}.name"), msg);
+                continue;
+            };
+            let ip = self.ip(here, &format!("{at}.ip"), &d.ip);
+            if process == "web" && d.port.is_none_or(|p| p == 0) {
+                let msg = format!("web dyno {:?} needs a port (1-65535)", d.name);
+                self.report(here, &at, msg);
+            }
+            if dynos.iter().any(|o| o.process == process && o.index == index) {
+                let msg = format!("duplicate dyno name {:?}", d.name);
+                self.report(here, &format!("{at}.name"), msg);
+            }
+            if let Some(ip) = ip {
+                dynos.push(Dyno { process, index, ip, port: d.port });
+            }
+        }
+        let tls = a.tls.as_ref().zip(cert).map(|(t, (cert_pem, key_pem))| {
+            let base = here.path.parent().unwrap_or(Path::new("."));
+            Tls {
+                cert: base.join(&t.cert),
+                key: base.join(&t.key),
+                cert_pem,
+                key_pem,
+            }
+        });
+        (self.diagnostics.len() == before).then(|| App {
+            name: a.name.clone(),
+            internal_routing: a.internal_routing,
+            allow,
+            domains,
+            tls,
+            dynos,
+        })
+    }
+
+    /// Checks a parsed zone file: one SOA, at the apex, and nothing outside the apex.
+    fn zone(&mut self, text: &ZoneText, audience: model::Audience) -> Option<Zone> {
+        let here_err = |message: String| Diagnostic {
+            file: text.path.clone(),
+            line: 1,
+            column: 1,
+            message,
+        };
+        let soas: Vec<&Name> = (text.records.keys())
+            .filter(|k| k.record_type == RecordType::SOA)
+            .map(|k| &*k.name)
+            .collect();
+        let apex = match soas.as_slice() {
+            [apex] => apex.to_lowercase(),
+            [] => {
+                self.diagnostics.push(here_err("zone file has no SOA record".into()));
+                return None;
+            }
+            _ => {
+                self.diagnostics.push(here_err("zone file has more than one SOA record".into()));
+                return None;
+            }
+        };
+        let before = self.diagnostics.len();
+        let mut cname_owners = Vec::new();
+        for key in text.records.keys() {
+            let name: &Name = &key.name;
+            if !apex.zone_of(name) {
+                let msg = format!("{} is outside the zone {}", name.to_ascii(), apex.to_ascii());
+                self.diagnostics.push(here_err(msg));
+            }
+            if key.record_type == RecordType::CNAME {
+                cname_owners.push(name.clone());
+            }
+        }
+        for owner in cname_owners {
+            let others = (text.records.keys())
+                .filter(|k| *k.name == owner && k.record_type != RecordType::CNAME)
+                .count();
+            if others > 0 {
+                let msg = format!("{} has a CNAME and other data", owner.to_ascii());
+                self.diagnostics.push(here_err(msg));
+            }
+        }
+        (self.diagnostics.len() == before).then(|| Zone {
+            file: text.path.clone(),
+            apex,
+            audience,
+            records: text.records.clone(),
+        })
+    }
+
+    /// Checks that hold across files: unique space names, apps per domain and custom domains,
+    /// networks that do not overlap, custom domains that no zone file also defines.
+    fn across(&mut self, spaces: &[(Space, &Source)]) {
+        fn here<'a>(s: &'a Source) -> Here<'a> {
+            Here {
+                path: &s.path,
+                positions: &s.positions,
+            }
+        }
+        let mut space_names: HashMap<&str, &Path> = HashMap::new();
+        let mut apps: HashMap<(Name, &str), &Path> = HashMap::new();
+        let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
+        for (i, (space, source)) in spaces.iter().enumerate() {
+            let here = here(source);
+            if let Some(first) = space_names.insert(&space.name, &source.path) {
+                let msg = format!("space {:?} is also defined in {}", space.name, first.display());
+                self.report(&here, "space", msg);
+            }
+            for (other, other_source) in &spaces[..i] {
+                if nets_overlap(&space.network, &other.network) {
+                    let msg = format!(
+                        "network {} overlaps space {:?} ({}) in {}",
+                        space.network,
+                        other.name,
+                        other.network,
+                        other_source.path.display()
+                    );
+                    self.report(&here, "network", msg);
+                }
+            }
+            for (a, app) in space.apps.iter().enumerate() {
+                let key = (space.domain.clone(), app.name.as_str());
+                if let Some(first) = apps.insert(key, &source.path) {
+                    let msg = format!(
+                        "app {:?} is already defined for {} in {}",
+                        app.name,
+                        space.domain.to_ascii(),
+                        first.display()
+                    );
+                    self.report(&here, &format!("apps[{a}].name"), msg);
+                }
+                for (d, domain) in app.domains.iter().enumerate() {
+                    let at = format!("apps[{a}].domains[{d}]");
+                    if let Some((owner, file)) = hosts.insert(domain.clone(), (&app.name, &source.path)) {
+                        let msg = format!(
+                            "domain {} is already a domain of app {owner:?} in {}",
+                            domain.to_ascii(),
+                            file.display()
+                        );
+                        self.report(&here, &at, msg);
+                    }
+                    for (s, _) in spaces {
+                        if s.domain.zone_of(&wildcard_base(domain)) {
+                            let msg = format!(
+                                "domain {} is inside the app domain {}",
+                                domain.to_ascii(),
+                                s.domain.to_ascii()
+                            );
+                            self.report(&here, &at, msg);
+                            break;
+                        }
+                    }
+                    for (s, _) in spaces {
+                        for zone in &s.zones {
+                            if let Some(clash) = collision(domain, zone) {
+                                let msg = format!(
+                                    "domain {} collides with {} in zone file {}",
+                                    domain.to_ascii(),
+                                    clash.to_ascii(),
+                                    zone.file.display()
+                                );
+                                self.report(&here, &at, msg);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn cidr(&mut self, here: &Here, entry: &str, text: &str) -> Option<IpNet> {
+        match text.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                let msg = format!("{text:?} is not a CIDR like 10.16.0.0/16 or fd00::/64");
+                self.report(here, entry, msg);
+                None
+            }
+        }
+    }
+
+    fn ip(&mut self, here: &Here, entry: &str, text: &str) -> Option<IpAddr> {
+        match text.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let msg = format!("{text:?} is not an IP address");
+                self.report(here, entry, msg);
+                None
+            }
+        }
+    }
+
+    fn ips(&mut self, here: &Here, entry: &str, texts: &[String]) -> Vec<IpAddr> {
+        (texts.iter().enumerate())
+            .filter_map(|(i, t)| self.ip(here, &format!("{entry}[{i}]"), t))
+            .collect()
+    }
+}
+
+/// The name a custom domain covers: itself, or for `*.x` the name `x` below which it answers.
+pub fn wildcard_base(domain: &Name) -> Name {
+    if domain.is_wildcard() { domain.base_name() } else { domain.clone() }
+}
+
+/// The first record name of `zone` that a custom domain would shadow: for an exact domain, a
+/// record at that name other than the apex's SOA and NS; for a wildcard, any record below it.
+fn collision(domain: &Name, zone: &Zone) -> Option<Name> {
+    let base = wildcard_base(domain);
+    (zone.records.keys()).find_map(|key| {
+        let name: &Name = &key.name;
+        let clash = if domain.is_wildcard() {
+            base.zone_of(name) && name.num_labels() > base.num_labels()
+        } else {
+            name == domain && !matches!(key.record_type, RecordType::SOA | RecordType::NS)
+        };
+        clash.then(|| name.clone())
+    })
+}
+
+fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn is_space_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_app_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=30).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn is_process(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 30
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+/// Parses a host name into a lower-case FQDN; `wildcard` allows a leading `*.` label.
+fn parse_host(text: &str, wildcard: bool) -> Result<Name, String> {
+    let bare = text.strip_suffix('.').unwrap_or(text);
+    let rest = match bare.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        _ => bare,
+    };
+    let labels_ok = !rest.is_empty()
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !labels_ok || rest.split('.').count() < 2 {
+        return Err(format!("{text:?} is not a host name like api.example.com"));
+    }
+    let mut name = Name::from_ascii(bare).map_err(|e| format!("{text:?}: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    fn errors(files: &[(&str, &str)], zones: &[(&str, &str)]) -> Vec<String> {
+        match crate::config::parse_texts(files, zones) {
+            Ok(_) => vec![],
+            Err(ds) => ds.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nwww IN A 10.16.5.5\n*.dev IN A 10.16.5.6\n";
+
+    fn assert_one(errs: &[String], location: &str, words: &str) {
+        assert!(
+            errs.iter().any(|e| e.starts_with(location) && e.contains(words)),
+            "expected {location} ... {words:?} in {errs:#?}"
+        );
+    }
+
+    #[test]
+    fn accepts_a_full_space() {
+        let yaml = "space: s\nnetwork: 10.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [192.168.10.0/24, \"fd00:10::/64\"]}\nrouter: {private: [10.16.0.10], public: [203.0.113.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: app-one\n    allow: [vpn]\n    domains: [api.corp.example.com, \"*.tools.corp.example.com\"]\n    dynos:\n      - {name: web.1, ip: 10.16.1.21, port: 5000}\n      - {name: worker.1, ip: 10.16.1.23}\n  - name: std-app\n    internal_routing: false\n";
+        let config = crate::config::parse_texts(&[("s.yaml", yaml)], &[("corp.example.com.zone", ZONE)]).unwrap();
+        let s = &config.spaces[0];
+        assert_eq!(s.domain.to_ascii(), "herokuapp.com.");
+        assert_eq!(s.apps[0].allow, Some(vec![0]));
+        assert_eq!(s.apps[0].dynos[1].name(), "worker.1");
+        assert_eq!(s.nameservers[0].name.to_ascii(), "ns1.s.spaceroute.internal.");
+        assert_eq!(s.zones[0].apex.to_ascii(), "corp.example.com.");
+    }
+
+    #[test]
+    fn bad_values_are_reported_at_their_line() {
+        let yaml = "space: Bad_Space\nnetwork: 10.16.0.0/33\npeers:\n  - {name: vpn, cidrs: [nope]}\nrouter: {private: [10.16.0.300]}\nnameservers:\n  - {name: \"bad name\", ip: 1.2.3}\napps:\n  - name: ab\n    allow: [office]\n    domains: [\"x\", \"*.ok.example.com\", \"a.*.example.com\"]\n    dynos:\n      - {name: web, ip: 10.16.1.1, port: 5000}\n      - {name: web.1, ip: 10.16.1.x, port: 5000}\n      - {name: web.2, ip: 10.16.1.2}\n";
+        let errs = errors(&[("s.yaml", yaml)], &[]);
+        assert_one(&errs, "s.yaml:1:8:", "space name");
+        assert_one(&errs, "s.yaml:2:10:", "is not a CIDR");
+        assert_one(&errs, "s.yaml:4:25:", "is not a CIDR");
+        assert_one(&errs, "s.yaml:5:20:", "not an IP address");
+        assert_one(&errs, "s.yaml:7:12:", "not a host name");
+        assert_one(&errs, "s.yaml:7:28:", "not an IP address");
+        assert_one(&errs, "s.yaml:9:11:", "app name");
+        assert_one(&errs, "s.yaml:10:13:", "not a peer of this space");
+        assert_one(&errs, "s.yaml:11:15:", "not a host name");
+        assert_one(&errs, "s.yaml:11:40:", "not a host name");
+        assert_one(&errs, "s.yaml:13:16:", "must be <process>.<n>");
+        assert_one(&errs, "s.yaml:14:27:", "not an IP address");
+        assert_one(&errs, "s.yaml:15:9:", "needs a port");
+        assert_eq!(errs.len(), 13, "{errs:#?}");
+    }
+
+    #[test]
+    fn duplicates_across_files_name_both() {
+        let a = "space: a\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: dup-app\n    domains: [api.example.com]\n";
+        let b = "space: a\nnetwork: 10.16.128.0/17\nrouter: {private: [10.17.0.10]}\napps:\n  - name: other\n  - name: dup-app\n    domains: [API.example.com.]\n";
+        let errs = errors(&[("a.yaml", a), ("b.yaml", b)], &[]);
+        assert_one(&errs, "b.yaml:1:8:", "space \"a\" is also defined in a.yaml");
+        assert_one(&errs, "b.yaml:2:10:", "overlaps space \"a\"");
+        assert_one(&errs, "b.yaml:6:11:", "app \"dup-app\" is already defined");
+        assert_one(&errs, "b.yaml:7:15:", "already a domain of app \"dup-app\" in a.yaml");
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+    }
+
+    #[test]
+    fn standard_app_needs_router_public_and_internal_needs_private() {
+        let yaml = "space: s\nnetwork: 10.16.0.0/16\napps:\n  - name: pub-app\n    internal_routing: false\n  - name: priv-app\n";
+        let errs = errors(&[("s.yaml", yaml)], &[]);
+        assert_one(&errs, "s.yaml:5:23:", "needs router.public");
+        assert_one(&errs, "s.yaml:1:1:", "need router.private");
+    }
+
+    #[test]
+    fn custom_domain_colliding_with_zone_data_is_rejected() {
+        let yaml = "space: s\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: apex-app\n    domains: [corp.example.com]\n  - name: www-app\n    domains: [www.corp.example.com, \"*.corp.example.com\", x.herokuapp.com]\n";
+        let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", ZONE)]);
+        // The apex itself is fine: only its SOA and NS live there.
+        assert_one(&errs, "s.yaml:10:15:", "collides with www.corp.example.com.");
+        assert_one(&errs, "s.yaml:10:37:", "collides with");
+        assert_one(&errs, "s.yaml:10:59:", "inside the app domain herokuapp.com.");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+    }
+
+    #[test]
+    fn zone_without_soa_or_with_outside_data_is_rejected() {
+        let yaml = "space: s\nnetwork: 10.16.0.0/16\nzones:\n  - file: corp.example.com.zone\n";
+        let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", "$TTL 60\nwww IN A 10.1.1.1\n")]);
+        assert_one(&errs, "corp.example.com.zone:1:1:", "no SOA");
+        let zone = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nother.example.net. IN A 10.1.1.1\n";
+        let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", zone)]);
+        assert_one(&errs, "corp.example.com.zone:1:1:", "outside the zone");
+    }
+}

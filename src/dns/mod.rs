@@ -1,0 +1,4 @@
+//! The DNS server: the pure answer function and the UDP/TCP loops around it.
+
+pub mod answer;
+pub mod server;

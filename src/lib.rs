@@ -1,0 +1,14 @@
+//! spaceroute: a split-horizon authoritative DNS server and HTTP router for private spaces.
+//!
+//! Data flows one way: `config` (load, validate) → `snapshot::compile` → an immutable
+//! [`snapshot::Snapshot`] behind one `ArcSwap` → `dns::server` (and, later, the router).
+//! `access`, `snapshot` and `dns::answer` are pure: no sockets, no tokio, no clock, no logging;
+//! `tests/layering.rs` holds the modules to that.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod config;
+pub mod dns;
+pub mod snapshot;
