@@ -35,11 +35,14 @@ pub struct Trust {
 /// Every space that trusts a source, by ascending space index; empty for a public source.
 pub type Trusts = Vec<Trust>;
 
+/// The networks of one prefix length, keyed by their masked address bits.
+type Prefixes<T> = HashMap<T, Vec<(usize, Member)>>;
+
 /// The compiled table of trusted networks.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    v4: Vec<(u8, HashMap<u32, Vec<(usize, Member)>>)>,
-    v6: Vec<(u8, HashMap<u128, Vec<(usize, Member)>>)>,
+    v4: Vec<(u8, Prefixes<u32>)>,
+    v6: Vec<(u8, Prefixes<u128>)>,
 }
 
 impl Access {
@@ -75,7 +78,13 @@ impl Access {
                 let i = match trusts.binary_search_by_key(&space, |t| t.space) {
                     Ok(i) => i,
                     Err(i) => {
-                        trusts.insert(i, Trust { space, ..Trust::default() });
+                        trusts.insert(
+                            i,
+                            Trust {
+                                space,
+                                ..Trust::default()
+                            },
+                        );
                         i
                     }
                 };
@@ -134,16 +143,51 @@ mod tests {
 
     #[test]
     fn space_network_and_peers() {
-        let t = Trust { space: 0, network: true, peers: 0 };
-        assert_eq!(classify("10.16.200.1")[..2], [t, Trust { space: 2, network: false, peers: 8 }]);
-        assert_eq!(classify("172.31.5.5")[0], Trust { space: 0, network: false, peers: 1 });
+        let t = Trust {
+            space: 0,
+            network: true,
+            peers: 0,
+        };
+        assert_eq!(
+            classify("10.16.200.1")[..2],
+            [
+                t,
+                Trust {
+                    space: 2,
+                    network: false,
+                    peers: 8
+                }
+            ]
+        );
+        assert_eq!(
+            classify("172.31.5.5")[0],
+            Trust {
+                space: 0,
+                network: false,
+                peers: 1
+            }
+        );
     }
 
     #[test]
     fn one_source_trusted_by_two_spaces_with_every_matching_peer() {
         let t = classify("192.168.10.7");
-        assert_eq!(t[0], Trust { space: 0, network: false, peers: 0b10 });
-        assert_eq!(t[1], Trust { space: 1, network: false, peers: 0b11 });
+        assert_eq!(
+            t[0],
+            Trust {
+                space: 0,
+                network: false,
+                peers: 0b10
+            }
+        );
+        assert_eq!(
+            t[1],
+            Trust {
+                space: 1,
+                network: false,
+                peers: 0b11
+            }
+        );
         assert_eq!(t.len(), 3);
     }
 

@@ -156,7 +156,9 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
         let mut discovery: HashMap<Name, Vec<IpAddr>> = HashMap::new();
         for (a, app) in space.apps.iter().enumerate() {
             let app_ref = AppRef { space: s, app: a };
-            if let Ok(host) = Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain)) {
+            if let Ok(host) =
+                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
+            {
                 snapshot.hosts.insert(host, app_ref);
             }
             for domain in &app.domains {
@@ -167,7 +169,11 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
                     snapshot.hosts.insert(domain.clone(), app_ref);
                 }
                 if !zones.iter().any(|z| z.apex.zone_of(&base)) {
-                    snapshot.apexes.entry(base).or_default().push(Apex::Custom(app_ref));
+                    snapshot
+                        .apexes
+                        .entry(base)
+                        .or_default()
+                        .push(Apex::Custom(app_ref));
                 }
             }
             let app_name = Name::from_ascii(&app.name)
@@ -186,12 +192,21 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
             apps.push(AppView {
                 name: app.name.clone(),
                 internal: app.internal_routing,
-                allow: app.allow.as_ref().map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
-                web: app.dynos.iter().filter(|d| d.process == "web").cloned().collect(),
+                allow: app
+                    .allow
+                    .as_ref()
+                    .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
+                web: app
+                    .dynos
+                    .iter()
+                    .filter(|d| d.process == "web")
+                    .cloned()
+                    .collect(),
             });
         }
-        let hostmaster = Name::from_ascii(format!("hostmaster.{}.spaceroute.internal.", space.name))
-            .unwrap_or_else(|_| Name::root());
+        let hostmaster =
+            Name::from_ascii(format!("hostmaster.{}.spaceroute.internal.", space.name))
+                .unwrap_or_else(|_| Name::root());
         snapshot.spaces.push(SpaceView {
             name: space.name.clone(),
             domain: space.domain.clone(),
@@ -200,12 +215,18 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
             ttl: space.ttl,
             apps,
             zones,
-            nameservers: space.nameservers.iter().map(|n| (n.name.clone(), n.ip)).collect(),
+            nameservers: space
+                .nameservers
+                .iter()
+                .map(|n| (n.name.clone(), n.ip))
+                .collect(),
             hostmaster,
             discovery,
         });
     }
-    snapshot.apexes.insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
+    snapshot
+        .apexes
+        .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
     snapshot.access = Access::new(access);
     snapshot
 }
@@ -217,7 +238,10 @@ fn compile_zone(zone: &crate::config::Zone) -> ZoneData {
         let owner: Name = Name::from(&key.name).to_lowercase();
         has_cuts |= key.record_type == RecordType::NS && owner != zone.apex;
         let mut up = owner.base_name();
-        while zone.apex.zone_of(&up) && up.num_labels() >= zone.apex.num_labels() && !nodes.contains_key(&up) {
+        while zone.apex.zone_of(&up)
+            && up.num_labels() >= zone.apex.num_labels()
+            && !nodes.contains_key(&up)
+        {
             nodes.insert(up.clone(), Vec::new());
             if up.is_root() {
                 break;
@@ -269,7 +293,9 @@ impl Snapshot {
         let view = self.app(app);
         let space = &self.spaces[app.space];
         match trusts.iter().find(|t| t.space == app.space) {
-            Some(_) if !view.internal && space.router_private.is_empty() => Some(&space.router_public),
+            Some(_) if !view.internal && space.router_private.is_empty() => {
+                Some(&space.router_public)
+            }
             Some(_) if !view.internal => Some(&space.router_private),
             Some(t) if allowed(view, t) => Some(&space.router_private),
             Some(_) => None,
@@ -283,10 +309,10 @@ impl Snapshot {
     pub fn zone(&self, qname: &Name, trusts: &Trusts) -> Option<ZoneView<'_>> {
         let mut candidate = qname.clone();
         loop {
-            if let Some((apex, apexes)) = self.apexes.get_key_value(&candidate) {
-                if let Some((kind, space)) = self.visible(apex, apexes, trusts) {
-                    return Some(ZoneView { apex, kind, space });
-                }
+            if let Some((apex, apexes)) = self.apexes.get_key_value(&candidate)
+                && let Some((kind, space)) = self.visible(apex, apexes, trusts)
+            {
+                return Some(ZoneView { apex, kind, space });
             }
             if candidate.is_root() {
                 return None;
@@ -302,10 +328,17 @@ impl Snapshot {
         let trusted = |space| trusts.iter().any(|t: &Trust| t.space == space);
         let audience = |space: usize, zone: usize| self.spaces[space].zones[zone].audience;
         let pick = |want: &dyn Fn(&Apex) -> Option<usize>| {
-            apexes.iter().filter_map(|a| want(a).map(|s| (*a, s))).min_by_key(|(_, s)| *s)
+            apexes
+                .iter()
+                .filter_map(|a| want(a).map(|s| (*a, s)))
+                .min_by_key(|(_, s)| *s)
         };
         pick(&|a| match *a {
-            Apex::File { space, zone } if trusted(space) && audience(space, zone) == Audience::Trusted => Some(space),
+            Apex::File { space, zone }
+                if trusted(space) && audience(space, zone) == Audience::Trusted =>
+            {
+                Some(space)
+            }
             _ => None,
         })
         .or_else(|| {
@@ -316,7 +349,10 @@ impl Snapshot {
         })
         .or_else(|| {
             pick(&|a| match a {
-                Apex::Domain => trusts.iter().find(|t| &self.spaces[t.space].domain == apex).map(|t| t.space),
+                Apex::Domain => trusts
+                    .iter()
+                    .find(|t| &self.spaces[t.space].domain == apex)
+                    .map(|t| t.space),
                 _ => None,
             })
         })
@@ -328,7 +364,9 @@ impl Snapshot {
         })
         .or_else(|| {
             pick(&|a| match *a {
-                Apex::File { space, zone } if audience(space, zone) == Audience::Public => Some(space),
+                Apex::File { space, zone } if audience(space, zone) == Audience::Public => {
+                    Some(space)
+                }
                 _ => None,
             })
         })
@@ -346,19 +384,41 @@ impl Snapshot {
     pub fn soa(&self, view: &ZoneView) -> Option<Record> {
         if let Some(data) = self.zone_data(view) {
             let rrsets = data.nodes.get(&data.apex)?;
-            return rrsets.iter().find(|r| r.rtype == RecordType::SOA)?.records.first().cloned();
+            return rrsets
+                .iter()
+                .find(|r| r.rtype == RecordType::SOA)?
+                .records
+                .first()
+                .cloned();
         }
         let space = &self.spaces[view.space];
-        let mname = space.nameservers.first().map_or_else(Name::root, |(n, _)| n.clone());
-        let soa = SOA::new(mname, space.hostmaster.clone(), self.serial, 3600, 600, 604_800, space.ttl);
-        Some(Record::from_rdata(view.apex.clone(), space.ttl, RData::SOA(soa)))
+        let mname = space
+            .nameservers
+            .first()
+            .map_or_else(Name::root, |(n, _)| n.clone());
+        let soa = SOA::new(
+            mname,
+            space.hostmaster.clone(),
+            self.serial,
+            3600,
+            600,
+            604_800,
+            space.ttl,
+        );
+        Some(Record::from_rdata(
+            view.apex.clone(),
+            space.ttl,
+            RData::SOA(soa),
+        ))
     }
 
     /// The apex NS records of a synthesized zone, and their glue.
     pub fn synthesized_ns(&self, view: &ZoneView) -> (Vec<Record>, Vec<Record>) {
         let space = &self.spaces[view.space];
         let ns = (space.nameservers.iter())
-            .map(|(n, _)| Record::from_rdata(view.apex.clone(), space.ttl, RData::NS(NS(n.clone()))))
+            .map(|(n, _)| {
+                Record::from_rdata(view.apex.clone(), space.ttl, RData::NS(NS(n.clone())))
+            })
             .collect();
         let glue = (space.nameservers.iter())
             .filter_map(|(n, ip)| ip.map(|ip| address_record(n.clone(), space.ttl, ip)))
@@ -368,7 +428,11 @@ impl Snapshot {
 
     /// The dyno addresses of a service discovery name in `space`; `Some(empty)` for `<app>.app.localspace.`.
     pub fn discovery(&self, space: usize, qname: &Name) -> Option<&[IpAddr]> {
-        self.spaces.get(space)?.discovery.get(qname).map(Vec::as_slice)
+        self.spaces
+            .get(space)?
+            .discovery
+            .get(qname)
+            .map(Vec::as_slice)
     }
 }
 

@@ -58,8 +58,7 @@ pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     paths.sort();
@@ -79,7 +78,10 @@ pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
 
 /// Parses in-memory space files and the files they refer to, for tests, fuzzing and benches:
 /// `files` are (path, YAML) pairs and `others` the zone and certificate files they name.
-pub fn parse_sources(files: &[(&str, &str)], others: &[(&str, &str)]) -> (Vec<Source>, Vec<Diagnostic>) {
+pub fn parse_sources(
+    files: &[(&str, &str)],
+    others: &[(&str, &str)],
+) -> (Vec<Source>, Vec<Diagnostic>) {
     let read = |path: &Path| {
         (others.iter())
             .find(|(p, _)| Path::new(p) == path)
@@ -334,13 +336,19 @@ impl Recorder {
     fn place(&mut self, scalar: Option<&str>, mark: Marker) -> Option<String> {
         let path = match self.stack.last_mut() {
             None => String::new(),
-            Some(Frame::Map { key: key @ None, .. }) => {
+            Some(Frame::Map {
+                key: key @ None, ..
+            }) => {
                 *key = Some(scalar.unwrap_or_default().to_string());
                 return None;
             }
             Some(Frame::Map { path, key }) => {
                 let key = key.take().unwrap_or_default();
-                if path.is_empty() { key } else { format!("{path}.{key}") }
+                if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                }
             }
             Some(Frame::Seq { path, next }) => {
                 *next += 1;
@@ -395,8 +403,11 @@ mod tests {
 
     #[test]
     fn yaml_errors_name_line_and_column() {
-        let d = parse_space(Path::new("s.yaml"), "space: a\nnetwork: 10.0.0.0/8\nbogus: 1\n")
-            .unwrap_err();
+        let d = parse_space(
+            Path::new("s.yaml"),
+            "space: a\nnetwork: 10.0.0.0/8\nbogus: 1\n",
+        )
+        .unwrap_err();
         assert_eq!((d.line, d.column), (3, 1));
         assert!(d.message.contains("unknown field `bogus`"), "{}", d.message);
         assert_eq!(d.to_string().split(": error:").next(), Some("s.yaml:3:1"));
@@ -405,8 +416,12 @@ mod tests {
     #[test]
     fn zone_errors_name_the_failing_record_line() {
         let text = "$TTL 300\n@ IN SOA ns1 host (\n  1 2 3 4 5 )\n; a comment\n\nwww IN A 10.0.0.1\nbad IN A not-an-ip\nok IN A 10.0.0.2\n";
-        let d = parse_zone(Path::new("z.zone"), text, Name::from_ascii("corp.example.").unwrap())
-            .unwrap_err();
+        let d = parse_zone(
+            Path::new("z.zone"),
+            text,
+            Name::from_ascii("corp.example.").unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(d.line, 7, "{d}");
         assert_eq!(d.file, Path::new("z.zone"));
     }
@@ -414,14 +429,21 @@ mod tests {
     #[test]
     fn zone_errors_in_multiline_records_point_at_their_first_line() {
         let text = "$TTL 300\n@ IN SOA ns1 host (\n  1 2 3 4 )\nwww IN A 10.0.0.1\n";
-        let d = parse_zone(Path::new("z.zone"), text, Name::from_ascii("corp.example.").unwrap())
-            .unwrap_err();
+        let d = parse_zone(
+            Path::new("z.zone"),
+            text,
+            Name::from_ascii("corp.example.").unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(d.line, 2, "{d}");
     }
 
     #[test]
     fn default_origin_strips_zone_and_public_suffixes() {
-        let o = default_origin(Path::new("z/corp.example.com.public.zone"), Audience::Public);
+        let o = default_origin(
+            Path::new("z/corp.example.com.public.zone"),
+            Audience::Public,
+        );
         assert_eq!(o.to_ascii(), "corp.example.com.");
         let o = default_origin(Path::new("corp.example.com.zone"), Audience::Trusted);
         assert_eq!(o.to_ascii(), "corp.example.com.");

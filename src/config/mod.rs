@@ -53,12 +53,18 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<Diagnostic>> {
 
 /// Parses and validates in-memory files: (path, YAML) space files and the (path, text) zone and
 /// certificate files they name. Tests, fuzz targets and benches build configs this way.
-pub fn parse_texts(files: &[(&str, &str)], others: &[(&str, &str)]) -> Result<Config, Vec<Diagnostic>> {
+pub fn parse_texts(
+    files: &[(&str, &str)],
+    others: &[(&str, &str)],
+) -> Result<Config, Vec<Diagnostic>> {
     let (sources, diagnostics) = load::parse_sources(files, others);
     checked(sources, diagnostics)
 }
 
-fn checked(sources: Vec<load::Source>, mut diagnostics: Vec<Diagnostic>) -> Result<Config, Vec<Diagnostic>> {
+fn checked(
+    sources: Vec<load::Source>,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Result<Config, Vec<Diagnostic>> {
     match validate::validate(sources) {
         Ok(config) if diagnostics.is_empty() => Ok(config),
         Ok(_) => Err(diagnostics),

@@ -72,7 +72,11 @@ impl Validator {
         let before = self.diagnostics.len();
 
         if !is_space_name(&f.space) {
-            self.report(&here, "space", format!("space name {:?} must be [a-z0-9-]+", f.space));
+            self.report(
+                &here,
+                "space",
+                format!("space name {:?} must be [a-z0-9-]+", f.space),
+            );
         }
         let domain = match parse_host(f.domain.as_deref().unwrap_or("herokuapp.com"), false) {
             Ok(d) => d,
@@ -85,7 +89,11 @@ impl Validator {
 
         let mut peers: Vec<Peer> = Vec::new();
         if f.peers.len() > MAX_PEERS {
-            self.report(&here, "peers", format!("at most {MAX_PEERS} peers per space"));
+            self.report(
+                &here,
+                "peers",
+                format!("at most {MAX_PEERS} peers per space"),
+            );
         }
         for (i, p) in f.peers.iter().enumerate() {
             let entry = format!("peers[{i}]");
@@ -117,7 +125,10 @@ impl Validator {
             let name = parse_host(&ns.name, false)
                 .map_err(|e| self.report(&here, &format!("{entry}.name"), format!("name: {e}")))
                 .ok();
-            let ip = ns.ip.as_ref().and_then(|ip| self.ip(&here, &format!("{entry}.ip"), ip));
+            let ip = ns
+                .ip
+                .as_ref()
+                .and_then(|ip| self.ip(&here, &format!("{entry}.ip"), ip));
             if let Some(name) = name {
                 nameservers.push(Nameserver { name, ip });
             }
@@ -133,7 +144,10 @@ impl Validator {
         for (i, (entry, text)) in f.zones.iter().zip(&source.zones).enumerate() {
             let Some(text) = text else { continue };
             if let Some(zone) = self.zone(text, entry.audience) {
-                if zones.iter().any(|z| z.apex == zone.apex && z.audience == entry.audience) {
+                if zones
+                    .iter()
+                    .any(|z| z.apex == zone.apex && z.audience == entry.audience)
+                {
                     let msg = format!(
                         "zone {} is served twice to the same audience",
                         zone.apex.to_ascii()
@@ -205,7 +219,8 @@ impl Validator {
                 .filter_map(|(j, name)| {
                     let found = peers.iter().position(|p| &p.name == name);
                     if found.is_none() {
-                        let msg = format!("allow names {name:?}, which is not a peer of this space");
+                        let msg =
+                            format!("allow names {name:?}, which is not a peer of this space");
                         self.report(here, &format!("{entry}.allow[{j}]"), msg);
                     }
                     found
@@ -220,7 +235,11 @@ impl Validator {
                     self.report(here, &format!("{entry}.domains[{j}]"), msg);
                 }
                 Ok(name) => domains.push(name),
-                Err(e) => self.report(here, &format!("{entry}.domains[{j}]"), format!("domain: {e}")),
+                Err(e) => self.report(
+                    here,
+                    &format!("{entry}.domains[{j}]"),
+                    format!("domain: {e}"),
+                ),
             }
         }
         let mut dynos: Vec<Dyno> = Vec::new();
@@ -241,12 +260,20 @@ impl Validator {
                 let msg = format!("web dyno {:?} needs a port (1-65535)", d.name);
                 self.report(here, &at, msg);
             }
-            if dynos.iter().any(|o| o.process == process && o.index == index) {
+            if dynos
+                .iter()
+                .any(|o| o.process == process && o.index == index)
+            {
                 let msg = format!("duplicate dyno name {:?}", d.name);
                 self.report(here, &format!("{at}.name"), msg);
             }
             if let Some(ip) = ip {
-                dynos.push(Dyno { process, index, ip, port: d.port });
+                dynos.push(Dyno {
+                    process,
+                    index,
+                    ip,
+                    port: d.port,
+                });
             }
         }
         let tls = a.tls.as_ref().zip(cert).map(|(t, (cert_pem, key_pem))| {
@@ -283,11 +310,13 @@ impl Validator {
         let apex = match soas.as_slice() {
             [apex] => apex.to_lowercase(),
             [] => {
-                self.diagnostics.push(here_err("zone file has no SOA record".into()));
+                self.diagnostics
+                    .push(here_err("zone file has no SOA record".into()));
                 return None;
             }
             _ => {
-                self.diagnostics.push(here_err("zone file has more than one SOA record".into()));
+                self.diagnostics
+                    .push(here_err("zone file has more than one SOA record".into()));
                 return None;
             }
         };
@@ -296,7 +325,11 @@ impl Validator {
         for key in text.records.keys() {
             let name: &Name = &key.name;
             if !apex.zone_of(name) {
-                let msg = format!("{} is outside the zone {}", name.to_ascii(), apex.to_ascii());
+                let msg = format!(
+                    "{} is outside the zone {}",
+                    name.to_ascii(),
+                    apex.to_ascii()
+                );
                 self.diagnostics.push(here_err(msg));
             }
             if key.record_type == RecordType::CNAME {
@@ -335,7 +368,11 @@ impl Validator {
         for (i, (space, source)) in spaces.iter().enumerate() {
             let here = here(source);
             if let Some(first) = space_names.insert(&space.name, &source.path) {
-                let msg = format!("space {:?} is also defined in {}", space.name, first.display());
+                let msg = format!(
+                    "space {:?} is also defined in {}",
+                    space.name,
+                    first.display()
+                );
                 self.report(&here, "space", msg);
             }
             for (other, other_source) in &spaces[..i] {
@@ -363,7 +400,9 @@ impl Validator {
                 }
                 for (d, domain) in app.domains.iter().enumerate() {
                     let at = format!("apps[{a}].domains[{d}]");
-                    if let Some((owner, file)) = hosts.insert(domain.clone(), (&app.name, &source.path)) {
+                    if let Some((owner, file)) =
+                        hosts.insert(domain.clone(), (&app.name, &source.path))
+                    {
                         let msg = format!(
                             "domain {} is already a domain of app {owner:?} in {}",
                             domain.to_ascii(),
@@ -431,7 +470,11 @@ impl Validator {
 
 /// The name a custom domain covers: itself, or for `*.x` the name `x` below which it answers.
 pub fn wildcard_base(domain: &Name) -> Name {
-    if domain.is_wildcard() { domain.base_name() } else { domain.clone() }
+    if domain.is_wildcard() {
+        domain.base_name()
+    } else {
+        domain.clone()
+    }
 }
 
 /// The first record name of `zone` that a custom domain would shadow: for an exact domain, a
@@ -454,14 +497,18 @@ fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
 }
 
 fn is_space_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_app_name(s: &str) -> bool {
     let b = s.as_bytes();
     (3..=30).contains(&b.len())
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && b.iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 fn is_process(s: &str) -> bool {
@@ -469,7 +516,8 @@ fn is_process(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 30
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+        && b.iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
 /// Parses a host name into a lower-case FQDN; `wildcard` allows a leading `*.` label.
@@ -483,7 +531,8 @@ fn parse_host(text: &str, wildcard: bool) -> Result<Name, String> {
         && rest.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !labels_ok || rest.split('.').count() < 2 {
         return Err(format!("{text:?} is not a host name like api.example.com"));
@@ -506,7 +555,8 @@ mod tests {
 
     fn assert_one(errs: &[String], location: &str, words: &str) {
         assert!(
-            errs.iter().any(|e| e.starts_with(location) && e.contains(words)),
+            errs.iter()
+                .any(|e| e.starts_with(location) && e.contains(words)),
             "expected {location} ... {words:?} in {errs:#?}"
         );
     }
@@ -514,12 +564,17 @@ mod tests {
     #[test]
     fn accepts_a_full_space() {
         let yaml = "space: s\nnetwork: 10.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [192.168.10.0/24, \"fd00:10::/64\"]}\nrouter: {private: [10.16.0.10], public: [203.0.113.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: app-one\n    allow: [vpn]\n    domains: [api.corp.example.com, \"*.tools.corp.example.com\"]\n    dynos:\n      - {name: web.1, ip: 10.16.1.21, port: 5000}\n      - {name: worker.1, ip: 10.16.1.23}\n  - name: std-app\n    internal_routing: false\n";
-        let config = crate::config::parse_texts(&[("s.yaml", yaml)], &[("corp.example.com.zone", ZONE)]).unwrap();
+        let config =
+            crate::config::parse_texts(&[("s.yaml", yaml)], &[("corp.example.com.zone", ZONE)])
+                .unwrap();
         let s = &config.spaces[0];
         assert_eq!(s.domain.to_ascii(), "herokuapp.com.");
         assert_eq!(s.apps[0].allow, Some(vec![0]));
         assert_eq!(s.apps[0].dynos[1].name(), "worker.1");
-        assert_eq!(s.nameservers[0].name.to_ascii(), "ns1.s.spaceroute.internal.");
+        assert_eq!(
+            s.nameservers[0].name.to_ascii(),
+            "ns1.s.spaceroute.internal."
+        );
         assert_eq!(s.zones[0].apex.to_ascii(), "corp.example.com.");
     }
 
@@ -548,10 +603,18 @@ mod tests {
         let a = "space: a\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: dup-app\n    domains: [api.example.com]\n";
         let b = "space: a\nnetwork: 10.16.128.0/17\nrouter: {private: [10.17.0.10]}\napps:\n  - name: other\n  - name: dup-app\n    domains: [API.example.com.]\n";
         let errs = errors(&[("a.yaml", a), ("b.yaml", b)], &[]);
-        assert_one(&errs, "b.yaml:1:8:", "space \"a\" is also defined in a.yaml");
+        assert_one(
+            &errs,
+            "b.yaml:1:8:",
+            "space \"a\" is also defined in a.yaml",
+        );
         assert_one(&errs, "b.yaml:2:10:", "overlaps space \"a\"");
         assert_one(&errs, "b.yaml:6:11:", "app \"dup-app\" is already defined");
-        assert_one(&errs, "b.yaml:7:15:", "already a domain of app \"dup-app\" in a.yaml");
+        assert_one(
+            &errs,
+            "b.yaml:7:15:",
+            "already a domain of app \"dup-app\" in a.yaml",
+        );
         assert_eq!(errs.len(), 4, "{errs:#?}");
     }
 
@@ -568,16 +631,27 @@ mod tests {
         let yaml = "space: s\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: apex-app\n    domains: [corp.example.com]\n  - name: www-app\n    domains: [www.corp.example.com, \"*.corp.example.com\", x.herokuapp.com]\n";
         let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", ZONE)]);
         // The apex itself is fine: only its SOA and NS live there.
-        assert_one(&errs, "s.yaml:10:15:", "collides with www.corp.example.com.");
+        assert_one(
+            &errs,
+            "s.yaml:10:15:",
+            "collides with www.corp.example.com.",
+        );
         assert_one(&errs, "s.yaml:10:37:", "collides with");
-        assert_one(&errs, "s.yaml:10:59:", "inside the app domain herokuapp.com.");
+        assert_one(
+            &errs,
+            "s.yaml:10:59:",
+            "inside the app domain herokuapp.com.",
+        );
         assert_eq!(errs.len(), 3, "{errs:#?}");
     }
 
     #[test]
     fn zone_without_soa_or_with_outside_data_is_rejected() {
         let yaml = "space: s\nnetwork: 10.16.0.0/16\nzones:\n  - file: corp.example.com.zone\n";
-        let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", "$TTL 60\nwww IN A 10.1.1.1\n")]);
+        let errs = errors(
+            &[("s.yaml", yaml)],
+            &[("corp.example.com.zone", "$TTL 60\nwww IN A 10.1.1.1\n")],
+        );
         assert_one(&errs, "corp.example.com.zone:1:1:", "no SOA");
         let zone = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nother.example.net. IN A 10.1.1.1\n";
         let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", zone)]);

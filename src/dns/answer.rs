@@ -8,7 +8,9 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
@@ -76,8 +78,12 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
     // must parse; the additional section carries the OPT record.
     let op = header.metadata.op_code;
     let sections = Message::read_records(&mut decoder, header.counts.answers.into(), false, op)
-        .and_then(|_| Message::read_records(&mut decoder, header.counts.authorities.into(), false, op))
-        .and_then(|_| Message::read_records(&mut decoder, header.counts.additionals.into(), true, op));
+        .and_then(|_| {
+            Message::read_records(&mut decoder, header.counts.authorities.into(), false, op)
+        })
+        .and_then(|_| {
+            Message::read_records(&mut decoder, header.counts.additionals.into(), true, op)
+        });
     let Ok((_, request_edns, _)) = sections else {
         return reply.error(ResponseCode::FormErr, transport);
     };
@@ -94,7 +100,9 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
     match question.query_type {
         RecordType::OPT => return reply.error(ResponseCode::FormErr, transport),
         // Zone transfers are not offered (yet); say so rather than answer half of one.
-        RecordType::AXFR | RecordType::IXFR => return reply.error(ResponseCode::Refused, transport),
+        RecordType::AXFR | RecordType::IXFR => {
+            return reply.error(ResponseCode::Refused, transport);
+        }
         _ => {}
     }
     if question.query_class != DNSClass::IN {
@@ -160,7 +168,11 @@ impl Reply {
             Transport::Udp => usize::from(self.limit),
             Transport::Tcp => usize::from(u16::MAX),
         };
-        let mut message = Message::new(self.metadata.id, MessageType::Response, self.metadata.op_code);
+        let mut message = Message::new(
+            self.metadata.id,
+            MessageType::Response,
+            self.metadata.op_code,
+        );
         message.metadata = self.metadata;
         message.queries.extend(self.question);
         message.answers = self.answers;
@@ -249,7 +261,12 @@ fn resolve(snapshot: &Snapshot, trusts: &Trusts, qname: &Name, qtype: RecordType
                 found.authorities = ns;
                 found.additionals = glue;
             }
-            Step::Records { records, additionals, zone, follow } => {
+            Step::Records {
+                records,
+                additionals,
+                zone,
+                follow,
+            } => {
                 found.space.get_or_insert(zone.space);
                 found.answers.extend(records);
                 found.additionals.extend(additionals);
@@ -289,26 +306,26 @@ fn negative_soa(snapshot: &Snapshot, zone: &ZoneView) -> Option<Record> {
 /// Answers one name without following CNAMEs.
 fn lookup<'s>(snapshot: &'s Snapshot, trusts: &Trusts, name: &Name, qtype: RecordType) -> Step<'s> {
     let lower = name.to_lowercase();
-    if let Some(app) = snapshot.host(&lower) {
-        if let Some(addresses) = snapshot.addresses(app, trusts) {
-            let space = &snapshot.spaces[app.space];
-            let zone = snapshot.zone(&lower, trusts).unwrap_or(ZoneView {
-                apex: &space.domain,
-                kind: Apex::Domain,
-                space: app.space,
-            });
-            return match qtype {
-                RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                    addresses_step(name, qtype, addresses, space.ttl, zone)
-                }
-                // Other types at a custom domain come from the zone it sits in (its apex SOA,
-                // MX, TXT); the name exists, so a zone without it says NODATA, not NXDOMAIN.
-                _ => match in_zone(snapshot, zone, name, &lower, qtype) {
-                    Step::NxDomain(zone) => Step::NoData(zone),
-                    step => step,
-                },
-            };
-        }
+    if let Some(app) = snapshot.host(&lower)
+        && let Some(addresses) = snapshot.addresses(app, trusts)
+    {
+        let space = &snapshot.spaces[app.space];
+        let zone = snapshot.zone(&lower, trusts).unwrap_or(ZoneView {
+            apex: &space.domain,
+            kind: Apex::Domain,
+            space: app.space,
+        });
+        return match qtype {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                addresses_step(name, qtype, addresses, space.ttl, zone)
+            }
+            // Other types at a custom domain come from the zone it sits in (its apex SOA,
+            // MX, TXT); the name exists, so a zone without it says NODATA, not NXDOMAIN.
+            _ => match in_zone(snapshot, zone, name, &lower, qtype) {
+                Step::NxDomain(zone) => Step::NoData(zone),
+                step => step,
+            },
+        };
     }
     match snapshot.zone(&lower, trusts) {
         Some(zone) => in_zone(snapshot, zone, name, &lower, qtype),
@@ -332,7 +349,9 @@ fn in_zone<'s>(
     }
     match zone.kind {
         Apex::Localspace => match snapshot.discovery(zone.space, lower) {
-            Some(dynos) => addresses_step(name, qtype, dynos, snapshot.spaces[zone.space].ttl, zone),
+            Some(dynos) => {
+                addresses_step(name, qtype, dynos, snapshot.spaces[zone.space].ttl, zone)
+            }
             None => Step::NxDomain(zone),
         },
         _ => Step::NxDomain(zone),
@@ -340,9 +359,16 @@ fn in_zone<'s>(
 }
 
 /// SOA and NS at the apex of a zone we synthesize (app domain, custom domain, service discovery).
-fn synthesized_apex<'s>(snapshot: &'s Snapshot, zone: ZoneView<'s>, name: &Name, qtype: RecordType) -> Step<'s> {
+fn synthesized_apex<'s>(
+    snapshot: &'s Snapshot,
+    zone: ZoneView<'s>,
+    name: &Name,
+    qtype: RecordType,
+) -> Step<'s> {
     let (records, additionals) = match qtype {
-        RecordType::SOA | RecordType::ANY => (snapshot.soa(&zone).into_iter().collect(), Vec::new()),
+        RecordType::SOA | RecordType::ANY => {
+            (snapshot.soa(&zone).into_iter().collect(), Vec::new())
+        }
         RecordType::NS => snapshot.synthesized_ns(&zone),
         _ => return Step::NoData(zone),
     };
@@ -355,7 +381,13 @@ fn synthesized_apex<'s>(snapshot: &'s Snapshot, zone: ZoneView<'s>, name: &Name,
 }
 
 /// A/AAAA answers from a list of addresses; ANY gets both families (RFC 8482: a subset).
-fn addresses_step<'s>(name: &Name, qtype: RecordType, addresses: &[IpAddr], ttl: u32, zone: ZoneView<'s>) -> Step<'s> {
+fn addresses_step<'s>(
+    name: &Name,
+    qtype: RecordType,
+    addresses: &[IpAddr],
+    ttl: u32,
+    zone: ZoneView<'s>,
+) -> Step<'s> {
     let records: Vec<Record> = (addresses.iter())
         .filter(|ip| match qtype {
             RecordType::A => ip.is_ipv4(),
@@ -386,7 +418,8 @@ fn in_zone_file<'s>(
     if data.has_cuts {
         for labels in data.apex.num_labels() + 1..=lower.num_labels() {
             let cut = lower.trim_to(labels as usize);
-            let ns = (data.nodes.get(&cut).into_iter().flatten()).find(|r| r.rtype == RecordType::NS);
+            let ns =
+                (data.nodes.get(&cut).into_iter().flatten()).find(|r| r.rtype == RecordType::NS);
             if let Some(ns) = ns {
                 let glue = (ns.records.iter())
                     .filter_map(|r| match &r.data {
@@ -426,7 +459,12 @@ fn in_zone_file<'s>(
 }
 
 /// The answer at an existing node whose rrsets are `rrsets`, owned by `name` as asked.
-fn at_node<'s>(rrsets: &[crate::snapshot::Rrset], zone: ZoneView<'s>, name: &Name, qtype: RecordType) -> Step<'s> {
+fn at_node<'s>(
+    rrsets: &[crate::snapshot::Rrset],
+    zone: ZoneView<'s>,
+    name: &Name,
+    qtype: RecordType,
+) -> Step<'s> {
     let cname = rrsets.iter().find(|r| r.rtype == RecordType::CNAME);
     let (rrset, follow) = match cname {
         Some(cname) if qtype != RecordType::CNAME => {
@@ -468,11 +506,20 @@ mod tests {
     /// The fixture of `tests/data/two-spaces`, compiled with serial 7.
     pub(crate) fn fixture() -> Snapshot {
         let files = [
-            ("d/alpha.yaml", include_str!("../../tests/data/two-spaces/alpha.yaml")),
-            ("d/beta.yaml", include_str!("../../tests/data/two-spaces/beta.yaml")),
+            (
+                "d/alpha.yaml",
+                include_str!("../../tests/data/two-spaces/alpha.yaml"),
+            ),
+            (
+                "d/beta.yaml",
+                include_str!("../../tests/data/two-spaces/beta.yaml"),
+            ),
         ];
         let zones = [
-            ("d/corp.example.com.zone", include_str!("../../tests/data/two-spaces/corp.example.com.zone")),
+            (
+                "d/corp.example.com.zone",
+                include_str!("../../tests/data/two-spaces/corp.example.com.zone"),
+            ),
             (
                 "d/corp.example.com.public.zone",
                 include_str!("../../tests/data/two-spaces/corp.example.com.public.zone"),
@@ -498,12 +545,19 @@ mod tests {
     }
 
     fn ask_with(snapshot: &Snapshot, from: &str, transport: Transport, bytes: &[u8]) -> Message {
-        let reply = answer(snapshot, from.parse().unwrap(), transport, bytes).reply.expect("a reply");
+        let reply = answer(snapshot, from.parse().unwrap(), transport, bytes)
+            .reply
+            .expect("a reply");
         Message::from_vec(&reply).expect("reply parses")
     }
 
     fn ask(snapshot: &Snapshot, from: &str, name: &str, qtype: RecordType) -> Message {
-        ask_with(snapshot, from, Transport::Udp, &query_bytes(name, qtype, None))
+        ask_with(
+            snapshot,
+            from,
+            Transport::Udp,
+            &query_bytes(name, qtype, None),
+        )
     }
 
     /// The answer section's data as text, sorted.
@@ -526,39 +580,142 @@ mod tests {
         let s = fixture();
         use ResponseCode::*;
         // (asker, name, rcode, answer data, SOA owner when negative)
-        let table: &[(&str, &str, ResponseCode, &[&str], Option<&str>)] = &[
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            ResponseCode,
+            &'a [&'a str],
+            Option<&'a str>,
+        );
+        let table: &[Row] = &[
             // internal app of the asker's space
-            (SPACE, "internal-app.herokuapp.com.", NoError, &["127.16.0.10"], None),
-            (HQ_VPN, "internal-app.herokuapp.com.", NoError, &["127.16.0.10"], None),
-            ("fd00:10::5", "internal-app.herokuapp.com.", NoError, &["127.16.0.10"], None),
+            (
+                SPACE,
+                "internal-app.herokuapp.com.",
+                NoError,
+                &["127.16.0.10"],
+                None,
+            ),
+            (
+                HQ_VPN,
+                "internal-app.herokuapp.com.",
+                NoError,
+                &["127.16.0.10"],
+                None,
+            ),
+            (
+                "fd00:10::5",
+                "internal-app.herokuapp.com.",
+                NoError,
+                &["127.16.0.10"],
+                None,
+            ),
             // allow excludes prod-vpc: as if absent
-            (PROD_VPC, "internal-app.herokuapp.com.", NXDomain, &[], Some("herokuapp.com.")),
-            (PROD_VPC, "open-app.herokuapp.com.", NoError, &["127.16.0.10"], None),
+            (
+                PROD_VPC,
+                "internal-app.herokuapp.com.",
+                NXDomain,
+                &[],
+                Some("herokuapp.com."),
+            ),
+            (
+                PROD_VPC,
+                "open-app.herokuapp.com.",
+                NoError,
+                &["127.16.0.10"],
+                None,
+            ),
             // another space's internal app: no leak
-            (BETA, "internal-app.herokuapp.com.", NXDomain, &[], Some("herokuapp.com.")),
-            (SPACE, "beta-app.herokuapp.com.", NXDomain, &[], Some("herokuapp.com.")),
+            (
+                BETA,
+                "internal-app.herokuapp.com.",
+                NXDomain,
+                &[],
+                Some("herokuapp.com."),
+            ),
+            (
+                SPACE,
+                "beta-app.herokuapp.com.",
+                NXDomain,
+                &[],
+                Some("herokuapp.com."),
+            ),
             // a source trusted by two spaces sees both
-            (HQ_VPN, "beta-app.herokuapp.com.", NoError, &["127.17.0.10"], None),
+            (
+                HQ_VPN,
+                "beta-app.herokuapp.com.",
+                NoError,
+                &["127.17.0.10"],
+                None,
+            ),
             // standard apps: private inside, public outside
-            (SPACE, "std-app.herokuapp.com.", NoError, &["127.16.0.10"], None),
-            (BETA, "std-app.herokuapp.com.", NoError, &["127.100.0.10"], None),
-            (PUBLIC, "std-app.herokuapp.com.", NoError, &["127.100.0.10"], None),
-            (PUBLIC, "beta-std.herokuapp.com.", NoError, &["127.100.0.17"], None),
-            ("::1", "std-app.herokuapp.com.", NoError, &["127.100.0.10"], None),
+            (
+                SPACE,
+                "std-app.herokuapp.com.",
+                NoError,
+                &["127.16.0.10"],
+                None,
+            ),
+            (
+                BETA,
+                "std-app.herokuapp.com.",
+                NoError,
+                &["127.100.0.10"],
+                None,
+            ),
+            (
+                PUBLIC,
+                "std-app.herokuapp.com.",
+                NoError,
+                &["127.100.0.10"],
+                None,
+            ),
+            (
+                PUBLIC,
+                "beta-std.herokuapp.com.",
+                NoError,
+                &["127.100.0.17"],
+                None,
+            ),
+            (
+                "::1",
+                "std-app.herokuapp.com.",
+                NoError,
+                &["127.100.0.10"],
+                None,
+            ),
             (PUBLIC, "www.example.net.", NoError, &["127.100.0.10"], None),
             // public askers get nothing else, existing or not
             (PUBLIC, "internal-app.herokuapp.com.", Refused, &[], None),
             (PUBLIC, "no-such-app.herokuapp.com.", Refused, &[], None),
             (PUBLIC, "herokuapp.com.", Refused, &[], None),
             ("::1", "internal-app.herokuapp.com.", Refused, &[], None),
-            ("fd00:11::5", "internal-app.herokuapp.com.", Refused, &[], None),
+            (
+                "fd00:11::5",
+                "internal-app.herokuapp.com.",
+                Refused,
+                &[],
+                None,
+            ),
             // names under no zone we serve
             (SPACE, "www.example.com.", Refused, &[], None),
             (SPACE, "com.", Refused, &[], None),
             (SPACE, ".", Refused, &[], None),
             // an unknown app inside the space
-            (SPACE, "no-such-app.herokuapp.com.", NXDomain, &[], Some("herokuapp.com.")),
-            (SPACE, "x.internal-app.herokuapp.com.", NXDomain, &[], Some("herokuapp.com.")),
+            (
+                SPACE,
+                "no-such-app.herokuapp.com.",
+                NXDomain,
+                &[],
+                Some("herokuapp.com."),
+            ),
+            (
+                SPACE,
+                "x.internal-app.herokuapp.com.",
+                NXDomain,
+                &[],
+                Some("herokuapp.com."),
+            ),
         ];
         for &(from, name, rcode, want, soa_owner) in table {
             let m = ask(&s, from, name, RecordType::A);
@@ -593,7 +750,10 @@ mod tests {
         assert_eq!(m.answers.len(), 1);
         assert_eq!(m.answers[0].name.to_ascii(), "open.example.org.");
         let m = ask(&s, SPACE, "open.example.org.", RecordType::MX);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
         assert_eq!(soa(&m).unwrap().0, "open.example.org.");
         let m = ask(&s, SPACE, "x.open.example.org.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
@@ -609,7 +769,11 @@ mod tests {
         let m = ask(&s, PUBLIC, "www.corp.example.com.", RecordType::A);
         assert_eq!(data(&m), ["127.100.0.80"]);
         let m = ask(&s, BETA, "www.corp.example.com.", RecordType::A);
-        assert_eq!(data(&m), ["127.100.0.80"], "another space sees the public view");
+        assert_eq!(
+            data(&m),
+            ["127.100.0.80"],
+            "another space sees the public view"
+        );
         let m = ask(&s, PUBLIC, "mail.corp.example.com.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
@@ -618,7 +782,14 @@ mod tests {
     fn zone_file_lookups_follow_rfc_1034() {
         let s = fixture();
         let m = ask(&s, SPACE, "chain.corp.example.com.", RecordType::A);
-        assert_eq!(data(&m), ["127.16.5.5", "alias.corp.example.com.", "www.corp.example.com."]);
+        assert_eq!(
+            data(&m),
+            [
+                "127.16.5.5",
+                "alias.corp.example.com.",
+                "www.corp.example.com."
+            ]
+        );
         assert!(m.metadata.authoritative);
         // A chain into app names is chased with the asker's rights.
         let m = ask(&s, HQ_VPN, "to-app.corp.example.com.", RecordType::A);
@@ -631,7 +802,10 @@ mod tests {
         assert_eq!(data(&m), ["127.16.0.10", "www.example.net."]);
         // A chain that leaves our data stops there.
         let m = ask(&s, SPACE, "to-out.corp.example.com.", RecordType::A);
-        assert_eq!((m.metadata.response_code, data(&m)), (ResponseCode::NoError, vec!["www.example.com.".into()]));
+        assert_eq!(
+            (m.metadata.response_code, data(&m)),
+            (ResponseCode::NoError, vec!["www.example.com.".into()])
+        );
         // Loops end.
         let m = ask(&s, SPACE, "loop1.corp.example.com.", RecordType::A);
         assert_eq!(m.answers.len(), 2);
@@ -644,10 +818,24 @@ mod tests {
         assert_eq!(m.answers[0].name.to_ascii(), "Foo.Dev.corp.example.com.");
         // NODATA and NXDOMAIN carry the SOA with the negative TTL.
         let m = ask(&s, SPACE, "www.corp.example.com.", RecordType::MX);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
-        assert_eq!(soa(&m), Some(("corp.example.com.".into(), "ns1.corp.example.com.".into(), 120)));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(
+            soa(&m),
+            Some((
+                "corp.example.com.".into(),
+                "ns1.corp.example.com.".into(),
+                120
+            ))
+        );
         let m = ask(&s, SPACE, "b.c.corp.example.com.", RecordType::A);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "empty non-terminal");
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0),
+            "empty non-terminal"
+        );
         let m = ask(&s, SPACE, "nope.corp.example.com.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(soa(&m).unwrap().2, 120);
@@ -655,20 +843,29 @@ mod tests {
         let m = ask(&s, SPACE, "host.lab.corp.example.com.", RecordType::A);
         assert!(!m.metadata.authoritative);
         assert_eq!(m.answers.len(), 0);
-        assert_eq!(m.authorities[0].data.to_string(), "ns.lab.corp.example.com.");
+        assert_eq!(
+            m.authorities[0].data.to_string(),
+            "ns.lab.corp.example.com."
+        );
         assert_eq!(m.additionals[0].data.to_string(), "127.16.9.9");
         // Apex data.
         let m = ask(&s, SPACE, "corp.example.com.", RecordType::MX);
         assert_eq!(data(&m), ["10 mail.corp.example.com."]);
         let m = ask(&s, SPACE, "www2.corp.example.com.", RecordType::A);
-        assert_eq!(data(&m), ["127.16.5.7"], "zone data matches case-insensitively");
+        assert_eq!(
+            data(&m),
+            ["127.16.5.7"],
+            "zone data matches case-insensitively"
+        );
     }
 
     #[test]
     fn app_domain_apex_and_nameservers() {
         let s = fixture();
         let m = ask(&s, SPACE, "herokuapp.com.", RecordType::SOA);
-        let RData::SOA(record) = &m.answers[0].data else { panic!("{m:?}") };
+        let RData::SOA(record) = &m.answers[0].data else {
+            panic!("{m:?}")
+        };
         assert_eq!(record.mname.to_ascii(), "ns1.alpha.internal.");
         assert_eq!(record.serial, 7);
         let m = ask(&s, SPACE, "herokuapp.com.", RecordType::NS);
@@ -678,15 +875,26 @@ mod tests {
         assert_eq!(data(&m), ["ns1.beta.spaceroute.internal."]);
         // Trusted by alpha and beta: the first space by name.
         let m = ask(&s, HQ_VPN, "herokuapp.com.", RecordType::SOA);
-        let RData::SOA(record) = &m.answers[0].data else { panic!("{m:?}") };
+        let RData::SOA(record) = &m.answers[0].data else {
+            panic!("{m:?}")
+        };
         assert_eq!(record.mname.to_ascii(), "ns1.alpha.internal.");
         let m = ask(&s, BETA, "nope.herokuapp.com.", RecordType::A);
-        assert_eq!(soa(&m).map(|s| s.1), Some("ns1.beta.spaceroute.internal.".into()));
+        assert_eq!(
+            soa(&m).map(|s| s.1),
+            Some("ns1.beta.spaceroute.internal.".into())
+        );
         let m = ask(&s, SPACE, "std-app.herokuapp.com.", RecordType::TXT);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
         assert_eq!(soa(&m).unwrap().0, "herokuapp.com.");
         let m = ask(&s, PUBLIC, "std-app.herokuapp.com.", RecordType::TXT);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
         assert!(soa(&m).is_some());
     }
 
@@ -695,12 +903,25 @@ mod tests {
         let s = fixture();
         let m = ask(&s, SPACE, "web.internal-app.app.localspace.", RecordType::A);
         assert_eq!(data(&m), ["127.16.1.21", "127.16.1.22"]);
-        let m = ask(&s, SPACE, "2.web.internal-app.app.localspace.", RecordType::A);
+        let m = ask(
+            &s,
+            SPACE,
+            "2.web.internal-app.app.localspace.",
+            RecordType::A,
+        );
         assert_eq!(data(&m), ["127.16.1.22"]);
-        let m = ask(&s, SPACE, "worker.internal-app.app.localspace.", RecordType::A);
+        let m = ask(
+            &s,
+            SPACE,
+            "worker.internal-app.app.localspace.",
+            RecordType::A,
+        );
         assert_eq!(data(&m), ["127.16.1.23"]);
         let m = ask(&s, SPACE, "internal-app.app.localspace.", RecordType::A);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
         let m = ask(&s, SPACE, "web.beta-app.app.localspace.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         let m = ask(&s, BETA, "web.beta-app.app.localspace.", RecordType::A);
@@ -727,14 +948,24 @@ mod tests {
         let s = fixture();
         let mut edns = Edns::new();
         edns.set_max_payload(4096);
-        let m = ask_with(&s, SPACE, Transport::Udp, &query_bytes("internal-app.herokuapp.com.", RecordType::A, Some(edns)));
+        let m = ask_with(
+            &s,
+            SPACE,
+            Transport::Udp,
+            &query_bytes("internal-app.herokuapp.com.", RecordType::A, Some(edns)),
+        );
         let e = m.edns.as_ref().expect("OPT echoed");
         assert_eq!((e.max_payload(), e.version()), (UDP_PAYLOAD, 0));
         let m = ask(&s, SPACE, "internal-app.herokuapp.com.", RecordType::A);
         assert!(m.edns.is_none(), "no OPT without one in the query");
         let mut edns = Edns::new();
         edns.set_version(1);
-        let m = ask_with(&s, SPACE, Transport::Udp, &query_bytes("internal-app.herokuapp.com.", RecordType::A, Some(edns)));
+        let m = ask_with(
+            &s,
+            SPACE,
+            Transport::Udp,
+            &query_bytes("internal-app.herokuapp.com.", RecordType::A, Some(edns)),
+        );
         assert_eq!(u16::from(m.metadata.response_code), 16, "BADVERS");
         assert!(m.answers.is_empty());
     }
@@ -753,7 +984,12 @@ mod tests {
         // 40 TXT records of ~60 bytes exceed 1232 too.
         let mut edns = Edns::new();
         edns.set_max_payload(4096);
-        let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &query_bytes("big.corp.example.com.", RecordType::TXT, Some(edns)));
+        let reply = answer(
+            &s,
+            SPACE.parse().unwrap(),
+            Transport::Udp,
+            &query_bytes("big.corp.example.com.", RecordType::TXT, Some(edns)),
+        );
         let bytes = reply.reply.unwrap();
         assert!(bytes.len() <= usize::from(UDP_PAYLOAD));
         assert!(reply.outcome.truncated);
@@ -808,7 +1044,9 @@ mod tests {
         let q = query_bytes("herokuapp.com.", RecordType::OPT, None);
         assert_eq!(rcode(&q), Some(ResponseCode::FormErr));
         // The header ID is kept on errors.
-        let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &good[..20]).reply.unwrap();
+        let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &good[..20])
+            .reply
+            .unwrap();
         assert_eq!(&reply[..2], &good[..2]);
     }
 }

@@ -1,0 +1,209 @@
+//! The DNS socket loops: read a query, load the snapshot once, call [`answer`], write or drop.
+//!
+//! No DNS decisions are made here. Servers are given bound sockets and a shutdown token (as in
+//! mini-redis), so tests bind port 0. UDP runs a few receive loops per socket; TCP (RFC 7766)
+//! reads length-prefixed queries one after another on each connection, so a client may
+//! pipeline, closes a connection idle for `tcp_idle`, and refuses connections past
+//! `tcp_max_connections`.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::dns::answer::{Answer, Transport, answer};
+use crate::snapshot::Snapshot;
+
+/// Limits of the DNS server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a TCP connection may sit between queries before it is closed.
+    pub tcp_idle: Duration,
+    /// The most TCP connections open at once; more are closed on accept.
+    pub tcp_max_connections: usize,
+    /// Receive loops per UDP socket.
+    pub udp_workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            tcp_idle: Duration::from_secs(10),
+            tcp_max_connections: 512,
+            udp_workers: 2,
+        }
+    }
+}
+
+/// Serves DNS on `udp` and `tcp` from the current snapshot until `shutdown` is cancelled, then
+/// waits for queries in flight to finish.
+pub async fn run(
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
+    for socket in udp {
+        let socket = Arc::new(socket);
+        for _ in 0..limits.udp_workers.max(1) {
+            let (socket, snapshot, shutdown) = (socket.clone(), snapshot.clone(), shutdown.clone());
+            tasks.spawn(serve_udp(socket, snapshot, shutdown));
+        }
+    }
+    let connections = Arc::new(Semaphore::new(limits.tcp_max_connections));
+    for listener in tcp {
+        let (snapshot, shutdown) = (snapshot.clone(), shutdown.clone());
+        let (connections, tracker) = (connections.clone(), tasks.clone());
+        tasks.spawn(accept_tcp(
+            listener,
+            snapshot,
+            limits,
+            connections,
+            tracker,
+            shutdown,
+        ));
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let received = tokio::select! {
+            r = socket.recv_from(&mut buf) => r,
+            () = shutdown.cancelled() => return,
+        };
+        let (len, peer) = match received {
+            Ok(r) => r,
+            // An ICMP error from an earlier send surfaces here on some systems; keep serving.
+            Err(e) => {
+                debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let result = answer(&snapshot.load(), peer.ip(), Transport::Udp, &buf[..len]);
+        log(&result, peer, "udp");
+        if let Some(reply) = result.reply
+            && let Err(e) = socket.send_to(&reply, peer).await
+        {
+            debug!(error = %e, %peer, "udp send failed");
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(r) => r,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "tcp connection limit reached, closing");
+            continue;
+        };
+        let (snapshot, shutdown) = (snapshot.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = serve_tcp(stream, peer, snapshot, limits.tcp_idle, shutdown).await {
+                debug!(error = %e, %peer, "tcp connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Answers length-prefixed queries on one connection until the client closes it, it idles
+/// past `idle`, a read or write fails, or shutdown.
+async fn serve_tcp(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    idle: Duration,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let len = tokio::select! {
+            r = tokio::time::timeout(idle, stream.read_u16()) => match r {
+                Ok(Ok(len)) => usize::from(len),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(()),
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let message = &mut buf[..len];
+        tokio::time::timeout(idle, stream.read_exact(message)).await??;
+        let result = answer(&snapshot.load(), peer.ip(), Transport::Tcp, message);
+        log(&result, peer, "tcp");
+        let Some(reply) = result.reply else { continue };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            continue;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&reply_len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        tokio::time::timeout(idle, stream.write_all(&framed)).await??;
+    }
+}
+
+fn log(result: &Answer, peer: SocketAddr, transport: &'static str) {
+    let client: IpAddr = peer.ip();
+    match &result.reply {
+        None => debug!(%client, transport, "query dropped"),
+        Some(_) => debug!(
+            %client,
+            transport,
+            rcode = %result.outcome.rcode,
+            space = result.outcome.space,
+            truncated = result.outcome.truncated,
+            "query answered"
+        ),
+    }
+}
+
+/// Binds UDP and TCP on the same address; for port 0, on the same free port.
+pub async fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let tcp = TcpListener::bind(addr).await?;
+        let mut at = addr;
+        at.set_port(tcp.local_addr()?.port());
+        match UdpSocket::bind(at).await {
+            Ok(udp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free port for both udp and tcp")))
+}
