@@ -11,4 +11,5 @@
 pub mod access;
 pub mod config;
 pub mod dns;
+pub mod reload;
 pub mod snapshot;

@@ -7,17 +7,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use spaceroute::config::{self, Config};
 use spaceroute::dns::server::{self, Limits};
-use spaceroute::snapshot;
+use spaceroute::reload::{self, Reloader, Trigger};
 
 /// A split-horizon authoritative DNS server for the apps of private spaces.
 #[derive(Parser)]
@@ -129,8 +129,8 @@ fn summary(config: &Config) -> String {
 }
 
 async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
-    let config = match config::load_dir(zones) {
-        Ok(config) => config,
+    let reloader = match Reloader::load(zones) {
+        Ok(reloader) => Arc::new(reloader),
         Err(diagnostics) => {
             for d in &diagnostics {
                 error!("{d}");
@@ -143,11 +143,7 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let serial = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs() as u32);
-    info!(zones = %zones.display(), serial, "loaded {}", summary(&config));
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot::compile(&config, serial)));
+    info!(zones = %zones.display(), "loaded {}", reloader.with_config(summary));
 
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
@@ -168,21 +164,44 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         }
     }
 
-    let shutdown = CancellationToken::new();
-    let dns_server = tokio::spawn(server::run(udp, tcp, snapshot, limits, shutdown.clone()));
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
         error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM, shutting down"),
-        _ = int.recv() => info!("SIGINT, shutting down"),
+    let shutdown = CancellationToken::new();
+    let (triggers, receiver) = mpsc::unbounded_channel();
+    let reloads = tokio::spawn(reload::run(
+        reloader.clone(),
+        triggers.clone(),
+        receiver,
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+    let dns_server = tokio::spawn(server::run(
+        udp,
+        tcp,
+        reloader.snapshot(),
+        limits,
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP, reloading");
+                let _ = triggers.send(Trigger::Signal);
+            }
+            _ = term.recv() => { info!("SIGTERM, shutting down"); break }
+            _ = int.recv() => { info!("SIGINT, shutting down"); break }
+        }
     }
     shutdown.cancel();
     // In-flight queries take microseconds; a stuck TCP client must not hold the exit.
     let _ = tokio::time::timeout(Duration::from_secs(5), dns_server).await;
+    reloads.abort();
     ExitCode::SUCCESS
 }

@@ -20,8 +20,6 @@ pub const LOCALSPACE: &str = "app.localspace.";
 /// Everything the DNS server and the router answer from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The SOA serial of synthesized zones.
-    pub serial: u32,
     /// The spaces, sorted by name: a space's index is its rank.
     pub spaces: Vec<SpaceView>,
     /// Which spaces trust a source.
@@ -45,6 +43,9 @@ pub struct SpaceView {
     pub router_public: Vec<IpAddr>,
     /// TTL of synthesized records.
     pub ttl: u32,
+    /// The SOA serial of the zones synthesized for this space (app domain, custom domains,
+    /// service discovery).
+    pub serial: u32,
     /// The apps.
     pub apps: Vec<AppView>,
     /// The zone files.
@@ -129,10 +130,26 @@ pub struct ZoneView<'s> {
     pub space: usize,
 }
 
-/// Builds the snapshot of `config`; `serial` goes into every synthesized SOA.
-pub fn compile(config: &Config, serial: u32) -> Snapshot {
+/// A zone whose SOA serial the caller chooses when compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ZoneKey<'a> {
+    /// The zones synthesized for a space: its app domain, custom domains, service discovery.
+    Space(&'a str),
+    /// A zone file of a space.
+    File {
+        /// The space's name.
+        space: &'a str,
+        /// The zone's apex.
+        apex: &'a Name,
+        /// Who sees it.
+        audience: Audience,
+    },
+}
+
+/// Builds the snapshot of `config`; `serial` gives the SOA serial of each zone (a zone file's
+/// own serial is replaced, as Knot's `serial-policy: unixtime` does).
+pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
     let mut snapshot = Snapshot {
-        serial,
         localspace: name(LOCALSPACE),
         ..Snapshot::default()
     };
@@ -146,7 +163,16 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
         if !domain_apexes.contains(&Apex::Domain) {
             domain_apexes.push(Apex::Domain);
         }
-        let zones: Vec<ZoneData> = space.zones.iter().map(compile_zone).collect();
+        let zones: Vec<ZoneData> = (space.zones.iter())
+            .map(|zone| {
+                let key = ZoneKey::File {
+                    space: &space.name,
+                    apex: &zone.apex,
+                    audience: zone.audience,
+                };
+                compile_zone(zone, serial(key))
+            })
+            .collect();
         for (z, zone) in zones.iter().enumerate() {
             let apexes = snapshot.apexes.entry(zone.apex.clone()).or_default();
             apexes.push(Apex::File { space: s, zone: z });
@@ -213,6 +239,7 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
             router_private: space.router_private.clone(),
             router_public: space.router_public.clone(),
             ttl: space.ttl,
+            serial: serial(ZoneKey::Space(&space.name)),
             apps,
             zones,
             nameservers: space
@@ -231,7 +258,7 @@ pub fn compile(config: &Config, serial: u32) -> Snapshot {
     snapshot
 }
 
-fn compile_zone(zone: &crate::config::Zone) -> ZoneData {
+fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
     let mut nodes: HashMap<Name, Vec<Rrset>> = HashMap::new();
     let mut has_cuts = false;
     for (key, set) in &zone.records {
@@ -248,9 +275,15 @@ fn compile_zone(zone: &crate::config::Zone) -> ZoneData {
             }
             up = up.base_name();
         }
+        let mut records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+        for record in &mut records {
+            if let RData::SOA(soa) = &mut record.data {
+                soa.serial = serial;
+            }
+        }
         nodes.entry(owner).or_default().push(Rrset {
             rtype: key.record_type,
-            records: set.records_without_rrsigs().cloned().collect(),
+            records,
         });
     }
     ZoneData {
@@ -399,7 +432,7 @@ impl Snapshot {
         let soa = SOA::new(
             mname,
             space.hostmaster.clone(),
-            self.serial,
+            space.serial,
             3600,
             600,
             604_800,

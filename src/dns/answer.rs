@@ -526,7 +526,7 @@ mod tests {
             ),
         ];
         let config = crate::config::parse_texts(&files, &zones).expect("fixture is valid");
-        compile(&config, 7)
+        compile(&config, |_| 7)
     }
 
     const SPACE: &str = "127.16.0.5";

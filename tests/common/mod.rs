@@ -51,7 +51,7 @@ impl Server {
     /// Starts a server on the config in `dir` with `limits`.
     pub async fn start_with(dir: &Path, limits: Limits) -> Server {
         let config = spaceroute::config::load_dir(dir).expect("test config is valid");
-        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot::compile(&config, 1)));
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot::compile(&config, |_| 1)));
         let (udp, tcp) = server::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind");
