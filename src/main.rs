@@ -13,11 +13,11 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use spaceroute::config::{self, Config};
 use spaceroute::dns::server::{self, Limits};
-use spaceroute::reload::{self, Reloader, Trigger};
+use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
 
 /// A split-horizon authoritative DNS server for the apps of private spaces.
 #[derive(Parser)]
@@ -144,6 +144,17 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         }
     };
     info!(zones = %zones.display(), "loaded {}", reloader.with_config(summary));
+    let (triggers, receiver) = mpsc::unbounded_channel();
+    let watch = match FileWatch::start(&reloader, triggers.clone()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            warn!(
+                "cannot watch {} for changes ({e}); reload with SIGHUP",
+                zones.display()
+            );
+            None
+        }
+    };
 
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
@@ -174,10 +185,9 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let shutdown = CancellationToken::new();
-    let (triggers, receiver) = mpsc::unbounded_channel();
     let reloads = tokio::spawn(reload::run(
         reloader.clone(),
-        triggers.clone(),
+        watch,
         receiver,
         Duration::from_millis(200),
         shutdown.clone(),

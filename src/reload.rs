@@ -174,7 +174,10 @@ impl Reloader {
     /// The paths to watch: the zones directory, and the directories of zone and certificate
     /// files that live outside it.
     fn watch_list(&self) -> BTreeSet<PathBuf> {
-        let mut paths = BTreeSet::from([self.dir.clone()]);
+        // Compare real paths: `zones/../certs` is not inside `zones`.
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = real(&self.dir);
+        let mut paths = BTreeSet::from([dir.clone()]);
         let state = self.lock();
         for space in &state.config.spaces {
             let files = (space.zones.iter().map(|z| z.file.as_path())).chain(
@@ -185,10 +188,10 @@ impl Reloader {
                 }),
             );
             for file in files {
-                if let Some(parent) = file.parent()
-                    && !parent.starts_with(&self.dir)
+                if let Some(parent) = file.parent().map(real)
+                    && !parent.starts_with(&dir)
                 {
-                    paths.insert(parent.to_path_buf());
+                    paths.insert(parent);
                 }
             }
         }
@@ -206,28 +209,17 @@ fn unix_now() -> u32 {
         .map_or(1, |d| d.as_secs() as u32)
 }
 
-/// Runs reloads on triggers until `shutdown`: file events from a watcher on the reloader's
-/// paths, and whatever `triggers` receives (main sends SIGHUP there). A burst of triggers
-/// within `debounce` of each other is one reload.
+/// Runs reloads on triggers until `shutdown`: file events from `watch` (which is re-pointed
+/// after each reload, as certificate paths may change) and SIGHUP, both through `receiver`. A
+/// burst of triggers within `debounce` of each other is one reload.
 pub async fn run(
     reloader: Arc<Reloader>,
-    triggers: mpsc::UnboundedSender<Trigger>,
+    mut watch: Option<FileWatch>,
     mut receiver: mpsc::UnboundedReceiver<Trigger>,
     debounce: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut watcher = match watcher(triggers) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!("cannot watch for file changes ({e}); reload with SIGHUP");
-            None
-        }
-    };
-    let mut watched = BTreeSet::new();
     loop {
-        if let Some(w) = &mut watcher {
-            watched = rewatch(w, &watched, reloader.watch_list());
-        }
         let first = tokio::select! {
             t = receiver.recv() => t,
             () = shutdown.cancelled() => return,
@@ -249,42 +241,63 @@ pub async fn run(
         if let Err(e) = tokio::task::spawn_blocking(move || r.reload()).await {
             error!("reload task failed: {e}");
         }
+        if let Some(watch) = &mut watch {
+            watch.update(&reloader);
+        }
     }
 }
 
-fn watcher(triggers: mpsc::UnboundedSender<Trigger>) -> notify::Result<RecommendedWatcher> {
-    notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        // Reads (ours included) show up as access events; only changes matter.
-        Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-        Ok(_) => {
-            let _ = triggers.send(Trigger::File);
-        }
-        Err(e) => warn!("file watch error: {e}"),
-    })
+/// A file watcher on the zones directory and the directories of the files it names, sending
+/// [`Trigger::File`] on every change.
+pub struct FileWatch {
+    watcher: RecommendedWatcher,
+    watched: BTreeSet<PathBuf>,
 }
 
-fn rewatch(
-    watcher: &mut RecommendedWatcher,
-    old: &BTreeSet<PathBuf>,
-    new: BTreeSet<PathBuf>,
-) -> BTreeSet<PathBuf> {
-    for gone in old.difference(&new) {
-        let _ = watcher.unwatch(gone);
+impl FileWatch {
+    /// Starts watching what `reloader`'s config names; changes are seen once this returns.
+    pub fn start(
+        reloader: &Reloader,
+        triggers: mpsc::UnboundedSender<Trigger>,
+    ) -> notify::Result<FileWatch> {
+        let watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                // Reads (ours included) show up as access events; only changes matter.
+                Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+                Ok(_) => {
+                    let _ = triggers.send(Trigger::File);
+                }
+                Err(e) => warn!("file watch error: {e}"),
+            })?;
+        let mut watch = FileWatch {
+            watcher,
+            watched: BTreeSet::new(),
+        };
+        watch.update(reloader);
+        Ok(watch)
     }
-    let mut watching = BTreeSet::new();
-    for path in new {
-        if old.contains(&path) {
-            watching.insert(path);
-            continue;
+
+    /// Watches the paths the current config needs, and stops watching the others.
+    fn update(&mut self, reloader: &Reloader) {
+        let wanted = reloader.watch_list();
+        for gone in self.watched.difference(&wanted) {
+            let _ = self.watcher.unwatch(gone);
         }
-        match watcher.watch(&path, RecursiveMode::Recursive) {
-            Ok(()) => {
+        let mut watching = BTreeSet::new();
+        for path in wanted {
+            if self.watched.contains(&path) {
                 watching.insert(path);
+                continue;
             }
-            Err(e) => warn!(path = %path.display(), "cannot watch: {e}"),
+            match self.watcher.watch(&path, RecursiveMode::Recursive) {
+                Ok(()) => {
+                    watching.insert(path);
+                }
+                Err(e) => warn!(path = %path.display(), "cannot watch: {e}"),
+            }
         }
+        self.watched = watching;
     }
-    watching
 }
 
 /// A zone whose serial the reloader manages; the owned form of [`ZoneKey`].

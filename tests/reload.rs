@@ -1,0 +1,441 @@
+//! Hot reload: edits to a copy of the fixture picked up by the running binary (file watcher
+//! and SIGHUP), bad edits rejected while the old answers keep serving, and reloads under load.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use spaceroute::dns::answer::{Transport, answer};
+use spaceroute::dns::server::{self, Limits};
+use spaceroute::reload::{self, FileWatch, Reloaded, Reloader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The rcode and sorted answer data of a UDP query.
+async fn ask(b: &Binary, from: &str, name: &str, qtype: RecordType) -> (ResponseCode, Vec<String>) {
+    let m = udp(b.dns, from, name, qtype).await;
+    (m.metadata.response_code, data(&m))
+}
+
+/// The SOA serial of the zone at `apex` as `from` sees it.
+async fn serial(b: &Binary, from: &str, apex: &str) -> u32 {
+    let m = udp(b.dns, from, apex, RecordType::SOA).await;
+    match m.answers.first().map(|r| &r.data) {
+        Some(RData::SOA(soa)) => soa.serial,
+        other => panic!("no SOA for {apex}: {other:?}"),
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    write_atomic(path, &text.replacen(from, to, 1));
+}
+
+const NEW_APP: &str = "  - name: new-app\n    domains: [new.example.org]\n    dynos:\n      - {name: web.1, ip: 127.16.1.51, port: 5000}\n";
+
+#[tokio::test]
+async fn edits_are_applied_without_a_restart() {
+    let dir = copy_dir(&fixture_dir());
+    let alpha = dir.path().join("alpha.yaml");
+    let b = Binary::start(dir.path());
+
+    // Add an app (editor-style: write a temp file, rename it over the old one).
+    assert_eq!(
+        ask(&b, SPACE, "new-app.herokuapp.com.", RecordType::A)
+            .await
+            .0,
+        ResponseCode::NXDomain
+    );
+    let text = fs::read_to_string(&alpha).unwrap();
+    write_atomic(&alpha, &format!("{text}{NEW_APP}"));
+    b.wait_for("reloaded:", 1).await;
+    assert_eq!(
+        ask(&b, SPACE, "new-app.herokuapp.com.", RecordType::A)
+            .await
+            .1,
+        ["127.16.0.10"]
+    );
+    assert_eq!(
+        ask(&b, PROD_VPC, "new.example.org.", RecordType::A).await.1,
+        ["127.16.0.10"]
+    );
+    assert!(
+        b.logs().iter().any(|l| l.contains("apps +alpha/new-app")),
+        "{:#?}",
+        b.logs()
+    );
+
+    // Change a dyno's address (plain in-place write this time).
+    fs::write(
+        &alpha,
+        fs::read_to_string(&alpha)
+            .unwrap()
+            .replace("127.16.1.22", "127.16.1.99"),
+    )
+    .unwrap();
+    b.wait_for("reloaded:", 2).await;
+    let (_, dynos) = ask(&b, SPACE, "web.internal-app.app.localspace.", RecordType::A).await;
+    assert_eq!(dynos, ["127.16.1.21", "127.16.1.99"]);
+
+    // Remove a peer: its askers are refused now.
+    assert_eq!(
+        ask(&b, PROD_VPC, "open-app.herokuapp.com.", RecordType::A)
+            .await
+            .0,
+        ResponseCode::NoError
+    );
+    edit(
+        &alpha,
+        "  - name: prod-vpc\n    cidrs: [127.31.0.0/16]\n",
+        "",
+    );
+    b.wait_for("reloaded:", 3).await;
+    assert_eq!(
+        ask(&b, PROD_VPC, "open-app.herokuapp.com.", RecordType::A)
+            .await
+            .0,
+        ResponseCode::Refused
+    );
+
+    // Add a custom domain.
+    edit(
+        &alpha,
+        "domains: [open.example.org]",
+        "domains: [open.example.org, extra.example.org]",
+    );
+    b.wait_for("reloaded:", 4).await;
+    assert_eq!(
+        ask(&b, SPACE, "extra.example.org.", RecordType::A).await.1,
+        ["127.16.0.10"]
+    );
+
+    // Add a whole space file, then delete it.
+    let gamma = dir.path().join("gamma.yaml");
+    let gamma_yaml = "space: gamma\nnetwork: 127.18.0.0/16\nrouter: {private: [127.18.0.10]}\napps:\n  - name: gamma-app\n";
+    fs::write(&gamma, gamma_yaml).unwrap();
+    b.wait_for("reloaded:", 5).await;
+    assert_eq!(
+        ask(&b, "127.18.0.5", "gamma-app.herokuapp.com.", RecordType::A)
+            .await
+            .1,
+        ["127.18.0.10"]
+    );
+    fs::remove_file(&gamma).unwrap();
+    b.wait_for("reloaded:", 6).await;
+    assert_eq!(
+        ask(&b, "127.18.0.5", "gamma-app.herokuapp.com.", RecordType::A)
+            .await
+            .0,
+        ResponseCode::Refused
+    );
+    assert_eq!(b.count("last reload failed"), 0);
+}
+
+#[tokio::test]
+async fn bad_edits_keep_the_last_good_answers_until_fixed() {
+    let dir = copy_dir(&fixture_dir());
+    let alpha = dir.path().join("alpha.yaml");
+    let zone = dir.path().join("corp.example.com.zone");
+    let good_alpha = fs::read_to_string(&alpha).unwrap();
+    let good_zone = fs::read_to_string(&zone).unwrap();
+    let b = Binary::start(dir.path());
+    let before = ask(&b, SPACE, "www.corp.example.com.", RecordType::A).await;
+    assert_eq!(before.1, ["127.16.5.5"]);
+
+    let cases = [
+        (
+            &alpha,
+            good_alpha.replace("network: 127.16.0.0/16", "network: [127.16.0.0/16"),
+            "alpha.yaml:",
+        ),
+        (
+            &alpha,
+            good_alpha.replace("name: open-app", "name: internal-app"),
+            "alpha.yaml:28:",
+        ),
+        (
+            &zone,
+            good_zone.replace("127.16.5.5", "127.16.5.500"),
+            "corp.example.com.zone:11:1:",
+        ),
+    ];
+    for (n, (path, bad, location)) in cases.iter().enumerate() {
+        write_atomic(path, bad);
+        b.wait_for("last reload failed", n + 1).await;
+        let errors: Vec<String> = b
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("ERROR") && l.contains(": error: "))
+            .collect();
+        assert_eq!(errors.len(), n + 1, "one error per bad edit: {errors:#?}");
+        assert!(errors[n].contains(location), "no {location} in {errors:#?}");
+        assert_eq!(
+            ask(&b, SPACE, "www.corp.example.com.", RecordType::A).await,
+            before
+        );
+        assert_eq!(
+            ask(&b, SPACE, "open-app.herokuapp.com.", RecordType::A)
+                .await
+                .1,
+            ["127.16.0.10"]
+        );
+        // Fixing the file applies the fix.
+        let fixed = if *path == &zone {
+            good_zone.replace("127.16.5.5", "127.16.5.55")
+        } else {
+            good_alpha.clone()
+        };
+        write_atomic(path, &fixed);
+        b.wait_for("reloaded:", n + 1).await;
+    }
+    assert_eq!(
+        ask(&b, SPACE, "www.corp.example.com.", RecordType::A)
+            .await
+            .1,
+        ["127.16.5.55"]
+    );
+}
+
+#[tokio::test]
+async fn serials_grow_only_for_changed_zones_and_sighup_without_changes_keeps_them() {
+    let dir = copy_dir(&fixture_dir());
+    let b = Binary::start(dir.path());
+    let app_domain = serial(&b, SPACE, "herokuapp.com.").await;
+    let corp = serial(&b, SPACE, "corp.example.com.").await;
+    let beta = serial(&b, BETA, "herokuapp.com.").await;
+
+    b.signal("HUP");
+    b.wait_for("reloaded: no changes", 1).await;
+    assert_eq!(serial(&b, SPACE, "herokuapp.com.").await, app_domain);
+    assert_eq!(serial(&b, SPACE, "corp.example.com.").await, corp);
+
+    // Two changes in quick succession (likely within one second) still give growing serials.
+    edit(&dir.path().join("alpha.yaml"), "ttl: 30", "ttl: 31");
+    b.wait_for("reloaded:", 2).await;
+    let first = serial(&b, SPACE, "herokuapp.com.").await;
+    edit(&dir.path().join("alpha.yaml"), "ttl: 31", "ttl: 32");
+    b.wait_for("reloaded:", 3).await;
+    let second = serial(&b, SPACE, "herokuapp.com.").await;
+    assert!(
+        app_domain < first && first < second,
+        "{app_domain} {first} {second}"
+    );
+    assert_eq!(
+        serial(&b, SPACE, "corp.example.com.").await,
+        corp,
+        "zone file unchanged"
+    );
+    assert_eq!(
+        serial(&b, BETA, "herokuapp.com.").await,
+        beta,
+        "space beta unchanged"
+    );
+
+    edit(
+        &dir.path().join("corp.example.com.zone"),
+        "127.16.5.5",
+        "127.16.5.6",
+    );
+    b.wait_for("reloaded:", 4).await;
+    assert!(serial(&b, SPACE, "corp.example.com.").await > second);
+}
+
+#[tokio::test]
+async fn certificates_outside_the_zones_directory_are_watched() {
+    let root = tempfile::tempdir().unwrap();
+    let zones = root.path().join("zones");
+    let certs = root.path().join("certs");
+    fs::create_dir_all(&zones).unwrap();
+    fs::create_dir_all(&certs).unwrap();
+    fs::write(certs.join("api.pem"), "cert").unwrap();
+    fs::write(certs.join("api.key"), "key").unwrap();
+    let yaml = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10]}\napps:\n  - name: tls-app\n    tls: {cert: ../certs/api.pem, key: ../certs/api.key}\n";
+    fs::write(zones.join("s.yaml"), yaml).unwrap();
+    let b = Binary::start(&zones);
+    fs::remove_file(certs.join("api.key")).unwrap();
+    b.wait_for("last reload failed", 1).await;
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("s.yaml:6:") && l.contains("cannot read key file"))
+    );
+    fs::write(certs.join("api.key"), "key").unwrap();
+    b.wait_for("reloaded:", 1).await;
+}
+
+/// Ten space files, each with one app whose router address carries the version `v`.
+fn ten_spaces(dir: &Path, v: u8) {
+    for i in 0..10u8 {
+        let yaml = format!(
+            "space: s{i}\nnetwork: 127.{}.0.0/16\nrouter: {{private: [127.16.{v}.{i}]}}\napps:\n  - name: app-{i}\n",
+            40 + i
+        );
+        fs::write(dir.join(format!("s{i}.yaml")), yaml).unwrap();
+    }
+}
+
+/// Which version each of the ten apps answers in one snapshot, asked from inside its space.
+fn versions(snapshot: &spaceroute::snapshot::Snapshot) -> Vec<String> {
+    (0..10u8)
+        .map(|i| {
+            let q = query(&format!("app-{i}.herokuapp.com."), RecordType::A, None);
+            let reply = answer(
+                snapshot,
+                format!("127.{}.0.5", 40 + i).parse().unwrap(),
+                Transport::Tcp,
+                &q,
+            );
+            let m = Message::from_vec(&reply.reply.unwrap()).unwrap();
+            data(&m)
+                .join(",")
+                .split('.')
+                .nth(2)
+                .unwrap_or("none")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_files_changed_at_once_never_serve_a_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_spaces(dir.path(), 1);
+    let reloader = Arc::new(Reloader::load(dir.path()).unwrap());
+    let snapshot = reloader.snapshot();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watch = FileWatch::start(&reloader, tx).unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(reload::run(
+        reloader.clone(),
+        Some(watch),
+        rx,
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (snapshot, stop) = (snapshot.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let v = versions(&snapshot.load());
+                assert!(v.iter().all(|x| *x == v[0]), "a mixed snapshot: {v:?}");
+                if seen.last() != Some(&v[0]) {
+                    seen.push(v[0].clone());
+                }
+            }
+            seen
+        })
+    };
+    ten_spaces(dir.path(), 2);
+    eventually("version 2 everywhere", || {
+        let done = versions(&snapshot.load())[0] == "2";
+        async move { done }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(watcher.await.unwrap(), ["1", "2"]);
+    assert_eq!(reloader.status().generation, 2, "one reload for the burst");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_answer_every_query_consistently() {
+    let dir = copy_dir(&fixture_dir());
+    let alpha = dir.path().join("alpha.yaml");
+    let zone = dir.path().join("corp.example.com.zone");
+    let (alpha_a, zone_a) = (
+        fs::read_to_string(&alpha).unwrap(),
+        fs::read_to_string(&zone).unwrap(),
+    );
+    // Version B moves the router and the www record together.
+    let alpha_b = alpha_a.replace(
+        "private: [127.16.0.10, \"fd16::10\"]",
+        "private: [127.16.0.11, 127.16.0.12]",
+    );
+    let zone_b = zone_a.replace("127.16.5.5", "127.16.5.9");
+    let reloader = Arc::new(Reloader::load(dir.path()).unwrap());
+    let (udp_socket, tcp) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = udp_socket.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server::run(
+        vec![udp_socket],
+        vec![tcp],
+        reloader.snapshot(),
+        Limits::default(),
+        shutdown.clone(),
+    ));
+
+    let answers_a = [vec!["127.16.0.10"], vec!["127.16.5.5"]];
+    let answers_b = [vec!["127.16.0.11", "127.16.0.12"], vec!["127.16.5.9"]];
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for (c, from) in [SPACE, HQ_VPN, "127.16.9.9", "127.32.1.1"]
+        .into_iter()
+        .enumerate()
+    {
+        let (stop, asked) = (stop.clone(), asked.clone());
+        let (a, b) = (answers_a.clone(), answers_b.clone());
+        clients.push(tokio::spawn(async move {
+            let mut conn = tcp_connect(addr, from).await;
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let which = (n + c) % 2;
+                let name = ["internal-app.herokuapp.com.", "www.corp.example.com."][which];
+                let m = if n.is_multiple_of(3) {
+                    udp(addr, from, name, RecordType::A).await
+                } else {
+                    tcp_send(&mut conn, &query(name, RecordType::A, None)).await;
+                    tcp_recv(&mut conn, Duration::from_secs(5))
+                        .await
+                        .expect("every tcp query is answered")
+                };
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+                let got = data(&m);
+                assert!(
+                    got == a[which] || got == b[which],
+                    "{name} from {from}: {got:?}"
+                );
+                n += 1;
+                asked.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for i in 0..50 {
+        // Let every client get answers between two reloads, so that reloads overlap queries.
+        let floor = asked.load(Ordering::Relaxed) + 8;
+        eventually("queries between reloads", || {
+            let n = asked.load(Ordering::Relaxed);
+            async move { n >= floor }
+        })
+        .await;
+        let (y, z) = if i.is_multiple_of(2) {
+            (&alpha_b, &zone_b)
+        } else {
+            (&alpha_a, &zone_a)
+        };
+        fs::write(&alpha, y).unwrap();
+        fs::write(&zone, z).unwrap();
+        let r = reloader.clone();
+        let result = tokio::task::spawn_blocking(move || r.reload())
+            .await
+            .unwrap();
+        assert!(matches!(result, Reloaded::Swapped { .. }), "{result:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(reloader.status().generation, 51);
+    shutdown.cancel();
+}
