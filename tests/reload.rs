@@ -411,7 +411,7 @@ async fn fifty_reloads_under_load_answer_every_query_consistently() {
             }
         }));
     }
-    for i in 0..50 {
+    for i in 0..50u32 {
         // Let every client get answers between two reloads, so that reloads overlap queries.
         let floor = asked.load(Ordering::Relaxed) + 8;
         eventually("queries between reloads", || {
