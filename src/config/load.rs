@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::rr::{Name, RecordSet, RrKey};
 use hickory_proto::serialize::txt::Parser;
@@ -121,7 +122,6 @@ fn space_source(
     let mut zones = Vec::new();
     for (i, entry) in file.zones.iter().enumerate() {
         let zone_path = base.join(&entry.file);
-        let (line, column) = positions.at(&format!("zones[{i}].file"));
         let text = read(&zone_path).and_then(|bytes| {
             String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         });
@@ -133,12 +133,9 @@ fn space_source(
                     .ok()
             }
             Err(e) => {
-                diagnostics.push(at(
-                    path,
-                    line,
-                    column,
-                    format!("cannot read zone file {}: {e}", zone_path.display()),
-                ));
+                let (line, column) = positions.at(&format!("zones[{i}].file"));
+                let message = format!("cannot read zone file {}: {e}", zone_path.display());
+                diagnostics.push(at(path, line, column, message));
                 None
             }
         };
@@ -152,16 +149,12 @@ fn space_source(
             continue;
         };
         let mut read_pem = |key: &str, file: &str| {
-            let (line, column) = positions.at(&format!("apps[{i}].tls.{key}"));
             let full = base.join(file);
             read(&full)
                 .map_err(|e| {
-                    diagnostics.push(at(
-                        path,
-                        line,
-                        column,
-                        format!("cannot read {key} file {}: {e}", full.display()),
-                    ))
+                    let (line, column) = positions.at(&format!("apps[{i}].tls.{key}"));
+                    let message = format!("cannot read {key} file {}: {e}", full.display());
+                    diagnostics.push(at(path, line, column, message))
                 })
                 .ok()
         };
@@ -289,25 +282,35 @@ fn at(path: &Path, line: usize, column: usize, message: String) -> Diagnostic {
 
 /// Where each entry of a YAML document starts, keyed by its path: `network`, `peers[0].cidrs[1]`,
 /// `apps[2].tls.cert`. A mapping value is recorded at the value, a sequence item at the item.
+///
+/// The positions are worked out on the first lookup: a valid file, the common case, is never
+/// parsed a second time.
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
-    at: HashMap<String, (usize, usize)>,
+    text: Arc<str>,
+    at: OnceLock<HashMap<String, (usize, usize)>>,
 }
 
 impl Positions {
-    /// Records the position of every entry of `text`; a document that does not parse as YAML
-    /// gives what was seen before the error.
+    /// The positions of the entries of `text`; a document that does not parse as YAML gives
+    /// what was seen before the error.
     pub fn parse(text: &str) -> Positions {
-        let mut recorder = Recorder::default();
-        let _ = EventParser::new_from_str(text).load(&mut recorder, false);
-        Positions { at: recorder.at }
+        Positions {
+            text: text.into(),
+            at: OnceLock::new(),
+        }
     }
 
     /// The (line, column) of `path`, or of its nearest recorded parent, or (1, 1).
     pub fn at(&self, path: &str) -> (usize, usize) {
+        let at = self.at.get_or_init(|| {
+            let mut recorder = Recorder::default();
+            let _ = EventParser::new_from_str(&self.text).load(&mut recorder, false);
+            recorder.at
+        });
         let mut path = path;
         loop {
-            if let Some(&pos) = self.at.get(path) {
+            if let Some(&pos) = at.get(path) {
                 return pos;
             }
             match path.rfind(['.', '[']) {

@@ -3,7 +3,7 @@
 //! Each check reports a [`Diagnostic`] at the line of the entry it is about, and every check
 //! runs, so one `spaceroute check` shows every problem. Pure: it reads no files (`load` did).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -365,6 +365,8 @@ impl Validator {
         let mut space_names: HashMap<&str, &Path> = HashMap::new();
         let mut apps: HashMap<(Name, &str), &Path> = HashMap::new();
         let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
+        let app_domains: HashSet<Name> = spaces.iter().map(|(s, _)| s.domain.clone()).collect();
+        let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.zones));
         for (i, (space, source)) in spaces.iter().enumerate() {
             let here = here(source);
             if let Some(first) = space_names.insert(&space.name, &source.path) {
@@ -410,29 +412,24 @@ impl Validator {
                         );
                         self.report(&here, &at, msg);
                     }
-                    for (s, _) in spaces {
-                        if s.domain.zone_of(&wildcard_base(domain)) {
-                            let msg = format!(
-                                "domain {} is inside the app domain {}",
-                                domain.to_ascii(),
-                                s.domain.to_ascii()
-                            );
-                            self.report(&here, &at, msg);
-                            break;
-                        }
+                    if let Some(app_domain) =
+                        ancestors(&wildcard_base(domain)).find(|n| app_domains.contains(n))
+                    {
+                        let msg = format!(
+                            "domain {} is inside the app domain {}",
+                            domain.to_ascii(),
+                            app_domain.to_ascii()
+                        );
+                        self.report(&here, &at, msg);
                     }
-                    for (s, _) in spaces {
-                        for zone in &s.zones {
-                            if let Some(clash) = collision(domain, zone) {
-                                let msg = format!(
-                                    "domain {} collides with {} in zone file {}",
-                                    domain.to_ascii(),
-                                    clash.to_ascii(),
-                                    zone.file.display()
-                                );
-                                self.report(&here, &at, msg);
-                            }
-                        }
+                    if let Some((clash, file)) = zone_names.shadowed_by(domain) {
+                        let msg = format!(
+                            "domain {} collides with {} in zone file {}",
+                            domain.to_ascii(),
+                            clash.to_ascii(),
+                            file.display()
+                        );
+                        self.report(&here, &at, msg);
                     }
                 }
             }
@@ -477,19 +474,51 @@ pub fn wildcard_base(domain: &Name) -> Name {
     }
 }
 
-/// The first record name of `zone` that a custom domain would shadow: for an exact domain, a
-/// record at that name other than the apex's SOA and NS; for a wildcard, any record below it.
-fn collision(domain: &Name, zone: &Zone) -> Option<Name> {
-    let base = wildcard_base(domain);
-    (zone.records.keys()).find_map(|key| {
-        let name: &Name = &key.name;
-        let clash = if domain.is_wildcard() {
-            base.zone_of(name) && name.num_labels() > base.num_labels()
-        } else {
-            name == domain && !matches!(key.record_type, RecordType::SOA | RecordType::NS)
+/// `name` and its ancestors, up to and excluding the root.
+fn ancestors(name: &Name) -> impl Iterator<Item = Name> {
+    std::iter::successors(Some(name.clone()), |n| Some(n.base_name())).take_while(|n| !n.is_root())
+}
+
+/// Every owner name of every zone file, indexed to find what a custom domain would shadow.
+struct ZoneNames<'a> {
+    /// Names with records other than SOA and NS (which may share a name with a custom domain).
+    data: HashMap<Name, &'a Path>,
+    /// Names with some record strictly below them, with one such record's name.
+    parents: HashMap<Name, (Name, &'a Path)>,
+}
+
+impl<'a> ZoneNames<'a> {
+    fn new(zones: impl Iterator<Item = &'a Zone>) -> ZoneNames<'a> {
+        let mut names = ZoneNames {
+            data: HashMap::new(),
+            parents: HashMap::new(),
         };
-        clash.then(|| name.clone())
-    })
+        for zone in zones {
+            for key in zone.records.keys() {
+                let name = key.name.to_lowercase();
+                if !matches!(key.record_type, RecordType::SOA | RecordType::NS) {
+                    names.data.entry(name.clone()).or_insert(&zone.file);
+                }
+                for parent in ancestors(&name.base_name()) {
+                    names
+                        .parents
+                        .entry(parent)
+                        .or_insert((name.clone(), &zone.file));
+                }
+            }
+        }
+        names
+    }
+
+    /// The record a custom domain would shadow, and its zone file: for an exact domain, data at
+    /// that name; for a wildcard, any record below its base.
+    fn shadowed_by(&self, domain: &Name) -> Option<(Name, &'a Path)> {
+        if domain.is_wildcard() {
+            self.parents.get(&domain.base_name()).cloned()
+        } else {
+            self.data.get(domain).map(|file| (domain.clone(), *file))
+        }
+    }
 }
 
 fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
