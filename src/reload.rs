@@ -57,6 +57,7 @@ pub struct Reloader {
 
 struct State {
     config: Config,
+    prints: Prints,
     serials: Serials,
     generation: u64,
     failures: u64,
@@ -75,13 +76,16 @@ impl Reloader {
     /// Loads `dir` for the first time; a failure here is fatal to the caller.
     pub fn load(dir: &Path) -> Result<Reloader, Vec<Diagnostic>> {
         let config = config::load_dir(dir)?;
+        let prints = Prints::of(&config);
         let mut serials = Serials::default();
-        let snapshot = serials.compile(&config, unix_now());
+        serials.assign(&Prints::default(), &prints, unix_now());
+        let snapshot = snapshot::compile(&config, |key| serials.get(key));
         Ok(Reloader {
             dir: dir.to_path_buf(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             state: Mutex::new(State {
                 config,
+                prints,
                 serials,
                 generation: 1,
                 failures: 0,
@@ -130,16 +134,19 @@ impl Reloader {
             }
         };
         let validated = started.elapsed() - loaded;
+        let prints = Prints::of(&config);
         let mut serials = state.serials.clone();
-        let snapshot = serials.compile(&config, unix_now());
+        serials.assign(&state.prints, &prints, unix_now());
+        let snapshot = snapshot::compile(&config, |key| serials.get(key));
         let compiled = started.elapsed() - loaded - validated;
         let swap = Instant::now();
         let old = self.snapshot.swap(Arc::new(snapshot));
         let swapped = swap.elapsed();
         drop_here(old);
 
-        let changes = Changes::between(&state.config, &config);
+        let changes = Changes::between(&state.prints, &prints);
         state.config = config;
+        state.prints = prints;
         state.serials = serials;
         state.generation += 1;
         info!(
@@ -319,66 +326,102 @@ enum ZoneId {
     File(String, Name, Audience),
 }
 
+impl ZoneId {
+    fn of(key: ZoneKey) -> ZoneId {
+        match key {
+            ZoneKey::Space(space) => ZoneId::Space(space.to_string()),
+            ZoneKey::File {
+                space,
+                apex,
+                audience,
+            } => ZoneId::File(space.to_string(), apex.clone(), audience),
+        }
+    }
+}
+
+/// Fingerprints of a config's parts, computed once per generation: what a reload compares to
+/// decide serials and to log what changed.
+#[derive(Debug, Clone, Default)]
+struct Prints {
+    /// Each zone's data.
+    zones: HashMap<ZoneId, u64>,
+    /// Each space, zones included.
+    spaces: HashMap<String, u64>,
+    /// Each app, as `space/app`.
+    apps: HashMap<String, u64>,
+    /// Every name served: app names, custom domains, zone-file owners.
+    names: HashSet<String>,
+}
+
+impl Prints {
+    fn of(config: &Config) -> Prints {
+        let mut p = Prints::default();
+        for s in &config.spaces {
+            let apps: Vec<u64> = s.apps.iter().map(fingerprint).collect();
+            for (a, print) in s.apps.iter().zip(&apps) {
+                p.apps.insert(format!("{}/{}", s.name, a.name), *print);
+                p.names.insert(format!("{}.{}", a.name, s.domain));
+                p.names.extend(a.domains.iter().map(|d| d.to_string()));
+            }
+            let synthesized = fingerprint(&(
+                &s.domain,
+                &s.network,
+                &s.peers,
+                &s.router_private,
+                &s.router_public,
+                s.ttl,
+                &s.nameservers,
+                &apps,
+            ));
+            let mut space = vec![synthesized];
+            p.zones.insert(ZoneId::Space(s.name.clone()), synthesized);
+            for z in &s.zones {
+                let print = fingerprint(&z.records);
+                space.push(print);
+                p.zones.insert(
+                    ZoneId::File(s.name.clone(), z.apex.clone(), z.audience),
+                    print,
+                );
+                p.names.extend(z.records.keys().map(|k| k.name.to_string()));
+            }
+            p.spaces.insert(s.name.clone(), fingerprint(&space));
+        }
+        p
+    }
+}
+
 /// The SOA serials of every zone: derived from the clock, bumped only for zones whose data
 /// changed, and never going back (the next serial is max(now, last + 1)).
 #[derive(Debug, Clone, Default)]
 struct Serials {
-    /// The data fingerprint and serial of each zone.
-    zones: HashMap<ZoneId, (u64, u32)>,
+    zones: HashMap<ZoneId, u32>,
     /// The last serial given out.
     last: u32,
 }
 
 impl Serials {
-    /// Gives each zone of `config` its serial and compiles the snapshot.
-    fn compile(&mut self, config: &Config, now: u32) -> Snapshot {
-        let mut prints = HashMap::new();
-        for space in &config.spaces {
-            let synthesized = (
-                &space.domain,
-                &space.network,
-                &space.peers,
-                &space.router_private,
-                &space.router_public,
-                space.ttl,
-                &space.nameservers,
-                &space.apps,
-            );
-            prints.insert(ZoneId::Space(space.name.clone()), fingerprint(&synthesized));
-            for zone in &space.zones {
-                let id = ZoneId::File(space.name.clone(), zone.apex.clone(), zone.audience);
-                prints.insert(id, fingerprint(&zone.records));
-            }
-        }
-        let changed = prints
-            .iter()
-            .any(|(id, print)| self.zones.get(id).is_none_or(|(p, _)| p != print));
-        let next = if changed {
+    /// Gives each zone of `new` its serial, given the fingerprints of the generation before.
+    fn assign(&mut self, old: &Prints, new: &Prints, now: u32) {
+        let changed = |id: &ZoneId, print: &u64| old.zones.get(id) != Some(print);
+        let next = if new.zones.iter().any(|(id, p)| changed(id, p)) {
             now.max(self.last.wrapping_add(1))
         } else {
             self.last
         };
-        self.zones = (prints.into_iter())
-            .map(|(id, print)| {
-                let serial = match self.zones.get(&id) {
-                    Some(&(p, serial)) if p == print => serial,
-                    _ => next,
-                };
-                (id, (print, serial))
+        self.zones = (new.zones.iter())
+            .map(|(id, print)| match self.zones.get(id) {
+                Some(&serial) if !changed(id, print) => (id.clone(), serial),
+                _ => (id.clone(), next),
             })
             .collect();
         self.last = next;
-        snapshot::compile(config, |key| {
-            let id = match key {
-                ZoneKey::Space(space) => ZoneId::Space(space.to_string()),
-                ZoneKey::File {
-                    space,
-                    apex,
-                    audience,
-                } => ZoneId::File(space.to_string(), apex.clone(), audience),
-            };
-            self.zones.get(&id).map_or(next, |&(_, serial)| serial)
-        })
+    }
+
+    fn get(&self, key: ZoneKey) -> u32 {
+        self.zones
+            .get(&ZoneId::of(key))
+            .copied()
+            .unwrap_or(self.last)
     }
 }
 
@@ -419,12 +462,12 @@ pub struct Delta {
 }
 
 impl Delta {
-    fn between(old: &HashMap<String, u64>, new: &HashMap<String, u64>) -> Delta {
+    fn between<V: PartialEq>(old: &HashMap<String, V>, new: &HashMap<String, V>) -> Delta {
         let mut d = Delta::default();
-        for (k, print) in new {
+        for (k, v) in new {
             match old.get(k) {
                 None => d.added.push(k.clone()),
-                Some(p) if p != print => d.changed.push(k.clone()),
+                Some(o) if o != v => d.changed.push(k.clone()),
                 Some(_) => {}
             }
         }
@@ -445,54 +488,18 @@ impl Delta {
 }
 
 impl Changes {
-    /// Compares two configs.
-    pub fn between(old: &Config, new: &Config) -> Changes {
-        fn spaces(c: &Config) -> HashMap<String, u64> {
-            (c.spaces.iter())
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        fingerprint(&(
-                            s.network,
-                            &s.peers,
-                            &s.router_private,
-                            &s.router_public,
-                            s.ttl,
-                            &s.nameservers,
-                            &s.domain,
-                            &s.zones.iter().map(|z| &z.records).collect::<Vec<_>>(),
-                            &s.apps,
-                        )),
-                    )
-                })
-                .collect()
-        }
-        fn apps(c: &Config) -> HashMap<String, u64> {
-            (c.spaces.iter())
-                .flat_map(|s| {
-                    s.apps
-                        .iter()
-                        .map(move |a| (format!("{}/{}", s.name, a.name), fingerprint(a)))
-                })
-                .collect()
-        }
-        fn names(c: &Config) -> HashMap<String, u64> {
-            let mut names = HashSet::new();
-            for s in &c.spaces {
-                for a in &s.apps {
-                    names.insert(format!("{}.{}", a.name, s.domain));
-                    names.extend(a.domains.iter().map(|d| d.to_string()));
-                }
-                for z in &s.zones {
-                    names.extend(z.records.keys().map(|k| k.name.to_string()));
-                }
-            }
-            names.into_iter().map(|n| (n, 0)).collect()
-        }
+    fn between(old: &Prints, new: &Prints) -> Changes {
+        let mut names = Delta {
+            added: new.names.difference(&old.names).cloned().collect(),
+            removed: old.names.difference(&new.names).cloned().collect(),
+            changed: Vec::new(),
+        };
+        names.added.sort();
+        names.removed.sort();
         Changes {
-            spaces: Delta::between(&spaces(old), &spaces(new)),
-            apps: Delta::between(&apps(old), &apps(new)),
-            names: Delta::between(&names(old), &names(new)),
+            spaces: Delta::between(&old.spaces, &new.spaces),
+            apps: Delta::between(&old.apps, &new.apps),
+            names,
         }
     }
 }
@@ -525,5 +532,77 @@ impl fmt::Display for Changes {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONE: &str = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nwww IN A 10.1.1.1\n";
+
+    fn config(router: &str, www: &str, extra_app: bool) -> Config {
+        let app = if extra_app {
+            "  - name: extra-app\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "space: s\nnetwork: 10.16.0.0/16\nrouter: {{private: [{router}]}}\nzones:\n  - file: corp.example.zone\napps:\n  - name: the-app\n{app}"
+        );
+        let zone = ZONE.replace("10.1.1.1", www);
+        config::parse_texts(&[("d/s.yaml", &yaml)], &[("d/corp.example.zone", &zone)]).unwrap()
+    }
+
+    fn serials_of(serials: &Serials) -> (u32, u32) {
+        let apex = Name::from_ascii("corp.example.").unwrap();
+        let file = ZoneKey::File {
+            space: "s",
+            apex: &apex,
+            audience: Audience::Trusted,
+        };
+        (serials.get(ZoneKey::Space("s")), serials.get(file))
+    }
+
+    #[test]
+    fn serials_move_only_for_changed_zones_and_never_back() {
+        let mut serials = Serials::default();
+        let a = Prints::of(&config("10.16.0.10", "10.1.1.1", false));
+        serials.assign(&Prints::default(), &a, 1000);
+        assert_eq!(serials_of(&serials), (1000, 1000));
+        // Same second, app data changed: +1 for the space's zones only.
+        let b = Prints::of(&config("10.16.0.11", "10.1.1.1", false));
+        serials.assign(&a, &b, 1000);
+        assert_eq!(serials_of(&serials), (1001, 1000));
+        // Nothing changed: nothing moves, even much later.
+        serials.assign(&b, &b, 5000);
+        assert_eq!(serials_of(&serials), (1001, 1000));
+        // The zone file changed later: it takes the clock.
+        let c = Prints::of(&config("10.16.0.11", "10.1.1.2", false));
+        serials.assign(&b, &c, 6000);
+        assert_eq!(serials_of(&serials), (1001, 6000));
+        // A clock that went back does not take serials back.
+        let d = Prints::of(&config("10.16.0.12", "10.1.1.2", false));
+        serials.assign(&c, &d, 10);
+        assert_eq!(serials_of(&serials), (6001, 6000));
+    }
+
+    #[test]
+    fn changes_name_spaces_apps_and_names() {
+        let a = Prints::of(&config("10.16.0.10", "10.1.1.1", false));
+        let b = Prints::of(&config("10.16.0.10", "10.1.1.1", true));
+        let changes = Changes::between(&a, &b);
+        assert_eq!(changes.apps.added, ["s/extra-app"]);
+        assert_eq!(changes.spaces.changed, ["s"]);
+        assert_eq!(changes.names.added, ["extra-app.herokuapp.com."]);
+        assert_eq!(
+            changes.to_string(),
+            "spaces ~s; apps +s/extra-app; names +extra-app.herokuapp.com."
+        );
+        assert_eq!(Changes::between(&b, &b).to_string(), "no changes");
+        assert_eq!(
+            Changes::between(&b, &a).to_string(),
+            "spaces ~s; apps -s/extra-app; names -extra-app.herokuapp.com."
+        );
     }
 }

@@ -50,11 +50,15 @@ impl Server {
 
     /// Starts a server on the config in `dir` with `limits`.
     pub async fn start_with(dir: &Path, limits: Limits) -> Server {
+        Server::start_at(dir, "127.0.0.1:0".parse().unwrap(), limits).await
+    }
+
+    /// Starts a server on the config in `dir`, listening on `addr` (port 0 picks a free port)
+    /// with `limits`; for a server on `[::1]:0`, say.
+    pub async fn start_at(dir: &Path, addr: SocketAddr, limits: Limits) -> Server {
         let config = spaceroute::config::load_dir(dir).expect("test config is valid");
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot::compile(&config, |_| 1)));
-        let (udp, tcp) = server::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("bind");
+        let (udp, tcp) = server::bind(addr).await.expect("bind");
         let addr = udp.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server::run(
@@ -183,4 +187,162 @@ pub fn data(m: &Message) -> Vec<String> {
     let mut v: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
     v.sort();
     v
+}
+
+/// The authority section's SOA as (owner, MNAME, TTL), if there is one.
+pub fn authority_soa(m: &Message) -> Option<(String, String, u32)> {
+    m.authorities.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(soa) => {
+            Some((r.name.to_ascii(), soa.mname.to_ascii(), r.ttl))
+        }
+        _ => None,
+    })
+}
+
+/// A UDP client socket bound to `from` on a free port.
+pub async fn udp_client(from: &str) -> UdpSocket {
+    let ip: IpAddr = from.parse().unwrap();
+    UdpSocket::bind(SocketAddr::new(ip, 0))
+        .await
+        .expect("bind client")
+}
+
+/// The ID of a DNS message in wire form.
+pub fn id_of(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes([bytes[0], bytes[1]])
+}
+
+/// Waits up to `wait` for the server to close `stream`; `true` if it closed (EOF or reset)
+/// without sending a byte, `false` if data came or the time ran out.
+pub async fn tcp_closed_without_reply(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// The `spaceroute serve` binary running on a zones directory, DNS on 127.0.0.1:0.
+pub struct Binary {
+    child: std::process::Child,
+    /// Where it serves DNS (UDP and TCP).
+    pub dns: SocketAddr,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts the binary on `zones` and waits for its `listening dns` line.
+    pub fn start(zones: &Path) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute"))
+            .args(["serve", "--dns", "127.0.0.1:0", "--zones"])
+            .arg(zones)
+            .env("SPACEROUTE_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn spaceroute");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(at) = line.split("listening dns udp=").nth(1) {
+                    let _ = tx.send(at.split_whitespace().next().unwrap_or("").to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("spaceroute prints its dns address");
+        Binary {
+            child,
+            dns: addr.parse().unwrap(),
+            lines,
+        }
+    }
+
+    /// Every line it has logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many logged lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `count(needle)` reaches `n`; panics after 10 s with the log.
+    pub async fn wait_for(&self, needle: &str, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.count(needle) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {n}x {needle:?} in log:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies the files of `from` (not below it) into a new temporary directory.
+pub fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Writes `text` to `path` the way editors do: a temporary file renamed over the old one.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

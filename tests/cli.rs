@@ -1,0 +1,345 @@
+//! The `spaceroute` binary: `check` output and exit codes, `serve` startup, its listening line,
+//! startup errors and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use tempfile::TempDir;
+
+fn spaceroute() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spaceroute"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SPACEROUTE_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A temporary zones directory holding `files` as (name, text).
+fn zones(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// `spaceroute check` on a directory of broken `files`: exit 1 and the diagnostics on stderr.
+struct Checked {
+    dir: TempDir,
+    stderr: String,
+}
+
+fn check_broken(files: &[(&str, &str)]) -> Checked {
+    let dir = zones(files);
+    let out: Output = spaceroute()
+        .args(["check", "--zones"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout when broken");
+    Checked { dir, stderr }
+}
+
+impl Checked {
+    /// Asserts a diagnostic `path:line:column: error: ...` for `file` at `line` saying `phrase`.
+    fn has(&self, file: &str, line: usize, phrase: &str) -> &Checked {
+        let prefix = format!("{}:{line}:", self.dir.path().join(file).display());
+        let found = self.stderr.lines().any(|l| {
+            let column = l
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once(": error: "));
+            column
+                .is_some_and(|(c, message)| c.parse::<usize>().is_ok() && message.contains(phrase))
+        });
+        assert!(
+            found,
+            "want {prefix}N: error: ...{phrase:?}... in\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts the closing count line.
+    fn count(&self, n: usize) {
+        let want = format!("{}: {n} error(s)", self.dir.path().display());
+        assert_eq!(
+            self.stderr.lines().last(),
+            Some(want.as_str()),
+            "{}",
+            self.stderr
+        );
+    }
+}
+
+const ZONE: &str = "$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nns1 IN A 10.16.0.2\nwww IN A 10.16.5.5\n";
+
+#[test]
+fn check_accepts_the_fixture_with_a_one_line_summary() {
+    let out = spaceroute()
+        .args(["check", "--zones", "tests/data/two-spaces"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("2 spaces"), "{stdout}");
+    assert!(stdout.starts_with("tests/data/two-spaces: ok:"), "{stdout}");
+}
+
+#[test]
+fn check_reports_bad_yaml_syntax_at_its_line() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\n  bad: indent\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 3, "mapping values are not allowed")
+        .count(1);
+}
+
+#[test]
+fn check_reports_an_unknown_field_at_its_line() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter:\n  private: [10.16.0.10]\n  pubic: [1.2.3.4]\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 5, "unknown field `pubic`")
+        .count(1);
+}
+
+#[test]
+fn check_reports_a_bad_cidr_at_its_line() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\npeers:\n  - name: vpn\n    cidrs: [192.168.10.0/33]\nrouter: {private: [10.16.0.10]}\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 5, "\"192.168.10.0/33\" is not a CIDR")
+        .count(1);
+}
+
+#[test]
+fn check_reports_an_app_defined_in_two_files() {
+    let a = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: shared-app\n";
+    let b = "space: beta\nnetwork: 10.17.0.0/16\nrouter: {private: [10.17.0.10]}\napps:\n  - name: other-app\n  - name: shared-app\n";
+    let c = check_broken(&[("alpha.yaml", a), ("beta.yaml", b)]);
+    let first = c.dir.path().join("alpha.yaml");
+    c.has("beta.yaml", 6, "app \"shared-app\" is already defined")
+        .has("beta.yaml", 6, &format!("in {}", first.display()))
+        .count(1);
+}
+
+#[test]
+fn check_reports_overlapping_networks() {
+    let a = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\n";
+    let b = "space: beta\nnetwork: 10.16.128.0/17\nrouter: {private: [10.16.128.10]}\n";
+    check_broken(&[("alpha.yaml", a), ("beta.yaml", b)])
+        .has("beta.yaml", 2, "overlaps space \"alpha\"")
+        .count(1);
+}
+
+#[test]
+fn check_reports_a_custom_domain_colliding_with_a_zone_record() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: www-app\n    domains: [www.corp.example.com]\n";
+    check_broken(&[("alpha.yaml", yaml), ("corp.example.com.zone", ZONE)])
+        .has("alpha.yaml", 8, "collides with www.corp.example.com.")
+        .count(1);
+}
+
+#[test]
+fn check_reports_a_missing_zone_file() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\nzones:\n  - file: missing.example.com.zone\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 5, "cannot read zone file")
+        .has("alpha.yaml", 5, "missing.example.com.zone")
+        .count(1);
+}
+
+#[test]
+fn check_reports_a_missing_cert_file() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: tls-app\n    tls:\n      cert: certs/missing.pem\n      key: tls-app.key\n";
+    check_broken(&[("alpha.yaml", yaml), ("tls-app.key", "not checked")])
+        .has("alpha.yaml", 7, "cannot read cert file")
+        .has("alpha.yaml", 7, "missing.pem")
+        .count(1);
+}
+
+#[test]
+fn check_reports_the_line_of_a_zone_record_that_does_not_parse() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nzones:\n  - file: corp.example.com.zone\n";
+    let zone = "$TTL 300\n@ IN SOA ns1 hostmaster (\n    1 3600 600 86400 60 )\n; fine so far\nwww IN A 10.16.5.5\nbad IN A not-an-address\nok IN A 10.16.5.6\n";
+    check_broken(&[("alpha.yaml", yaml), ("corp.example.com.zone", zone)])
+        .has("corp.example.com.zone", 6, "zone file does not parse")
+        .count(1);
+}
+
+#[test]
+fn check_reports_a_standard_app_in_a_space_without_router_public() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: std-app\n    internal_routing: false\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 6, "needs router.public")
+        .count(1);
+}
+
+#[test]
+fn check_reports_dynos_of_the_wrong_shape() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: app-one\n    dynos:\n      - {name: web.1, ip: 10.16.1.21, port: 5000}\n      - {name: web, ip: 10.16.1.22, port: 5000}\n      - {name: web.2, ip: 10.16.1.23}\n";
+    check_broken(&[("alpha.yaml", yaml)])
+        .has("alpha.yaml", 8, "must be <process>.<n>")
+        .has("alpha.yaml", 9, "needs a port")
+        .count(2);
+}
+
+#[test]
+fn check_reports_every_error_of_a_run() {
+    let a = "space: alpha\nnetwork: 10.16.0.0/33\nrouter: {private: [10.16.0.10]}\nzones:\n  - file: gone.zone\napps:\n  - name: app-one\n    dynos:\n      - {name: web-1, ip: 10.16.1.21, port: 5000}\n";
+    let b = "space: beta\nnetwork: 10.17.0.0/16\nbogus: true\n";
+    check_broken(&[("alpha.yaml", a), ("beta.yaml", b)])
+        .has("alpha.yaml", 2, "is not a CIDR")
+        .has("alpha.yaml", 5, "cannot read zone file")
+        .has("alpha.yaml", 9, "must be <process>.<n>")
+        .has("beta.yaml", 3, "unknown field `bogus`")
+        .count(4);
+}
+
+/// A running `spaceroute serve` whose stderr lines arrive on a channel; killed on drop.
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Serve {
+    fn start(zones: &Path, dns: &str) -> Serve {
+        let mut child = spaceroute()
+            .args(["serve", "--dns", dns, "--zones"])
+            .arg(zones)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Serve {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stderr line containing `needle`, read within `wait`.
+    fn line(&mut self, needle: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("no {needle:?} on stderr ({e}); saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the process to exit (its stderr closes), collecting stderr.
+    fn exit(&mut self, wait: Duration) -> ExitStatus {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("still running: {:#?}", self.seen),
+            }
+        }
+        self.child.wait().unwrap()
+    }
+
+    fn said(&self, needle: &str) -> bool {
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_prints_where_it_listens_answers_there_and_exits_0_on_sigterm() {
+    let mut serve = Serve::start(Path::new("tests/data/two-spaces"), "127.0.0.1:0");
+    let line = serve.line("listening dns ", Duration::from_secs(10));
+    let addr = |key: &str| -> SocketAddr {
+        let field = line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        field
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    let (udp_addr, tcp_addr) = (addr("udp="), addr("tcp="));
+    assert_eq!(udp_addr, tcp_addr, "UDP and TCP share one address");
+    assert_eq!(udp_addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(udp_addr.port(), 0);
+
+    let m = udp(
+        udp_addr,
+        SPACE,
+        "internal-app.herokuapp.com.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(data(&m), ["127.16.0.10"]);
+    let m = tcp(
+        tcp_addr,
+        PUBLIC,
+        "internal-app.herokuapp.com.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    let m = tcp(tcp_addr, PUBLIC, "std-app.herokuapp.com.", RecordType::A).await;
+    assert_eq!(data(&m), ["127.100.0.10"]);
+
+    let pid = serve.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = serve.exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{:#?}", serve.seen);
+    assert!(serve.said("SIGTERM"), "{:#?}", serve.seen);
+}
+
+#[test]
+fn serve_on_a_broken_dir_exits_1_naming_file_and_line() {
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/33\nrouter: {private: [10.16.0.10]}\n";
+    let dir = zones(&[("alpha.yaml", yaml)]);
+    let mut serve = Serve::start(dir.path(), "127.0.0.1:0");
+    let status = serve.exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{:#?}", serve.seen);
+    let at = format!("{}:2:10: error: ", dir.path().join("alpha.yaml").display());
+    assert!(serve.said(&at), "want {at} in {:#?}", serve.seen);
+    assert!(serve.said("is not a CIDR"), "{:#?}", serve.seen);
+    assert!(!serve.said("listening dns"), "{:#?}", serve.seen);
+}
+
+#[test]
+fn serve_exits_1_when_the_dns_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut serve = Serve::start(Path::new("tests/data/two-spaces"), &addr);
+    let status = serve.exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{:#?}", serve.seen);
+    let want = format!("cannot listen for dns on {addr}");
+    assert!(serve.said(&want), "want {want:?} in {:#?}", serve.seen);
+}
