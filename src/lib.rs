@@ -12,4 +12,5 @@ pub mod access;
 pub mod config;
 pub mod dns;
 pub mod reload;
+pub mod router;
 pub mod snapshot;

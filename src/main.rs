@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +19,10 @@ use tracing::{error, info, warn};
 use spaceroute::config::{self, Config};
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
+use spaceroute::router::{self, Listener, Router, Timeouts};
+use spaceroute::snapshot;
 
-/// A split-horizon authoritative DNS server for the apps of private spaces.
+/// A split-horizon authoritative DNS server and HTTP router for the apps of private spaces.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -29,27 +32,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve DNS for the spaces in the zones directory.
-    Serve {
-        /// Directory of space files (*.yaml) and their zone files.
-        #[arg(long, default_value = "zones")]
-        zones: PathBuf,
-        /// Address for DNS over UDP and TCP; repeat to listen on several.
-        #[arg(long, default_value = "127.0.0.1:5353")]
-        dns: Vec<SocketAddr>,
-        /// Seconds a TCP connection may idle between queries.
-        #[arg(long, default_value_t = 10)]
-        tcp_idle: u64,
-        /// Most TCP connections open at once.
-        #[arg(long, default_value_t = 512)]
-        tcp_max_connections: usize,
-    },
+    /// Serve DNS and the router for the spaces in the zones directory.
+    Serve(Serve),
     /// Validate the zones directory; print every error as file:line:column and exit 1.
     Check {
         /// Directory of space files (*.yaml) and their zone files.
         #[arg(long, default_value = "zones")]
         zones: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct Serve {
+    /// Directory of space files (*.yaml) and their zone files.
+    #[arg(long, default_value = "zones")]
+    zones: PathBuf,
+    /// Address for DNS over UDP and TCP; repeat to listen on several.
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    dns: Vec<SocketAddr>,
+    /// Address for the HTTP router; repeat to listen on several.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: Vec<SocketAddr>,
+    /// Address for the HTTPS router (needs --tls-cert and --tls-key); repeat for several.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    https: Vec<SocketAddr>,
+    /// Default certificate chain (PEM) for HTTPS: `*.<domain>` and names without their own.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Seconds a DNS TCP connection may idle between queries.
+    #[arg(long, default_value_t = 10)]
+    tcp_idle: u64,
+    /// Most DNS TCP connections open at once.
+    #[arg(long, default_value_t = 512)]
+    tcp_max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -64,29 +82,16 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { zones } => check(&zones),
-        Command::Serve {
-            zones,
-            dns,
-            tcp_idle,
-            tcp_max_connections,
-        } => {
-            let limits = Limits {
-                tcp_idle: Duration::from_secs(tcp_idle),
-                tcp_max_connections,
-                ..Limits::default()
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(serve(&zones, &dns, limits))
-        }
+        Command::Serve(args) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(serve(args)),
+            Err(e) => {
+                error!("cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -128,19 +133,25 @@ fn summary(config: &Config) -> String {
     format!("{spaces} spaces, {apps} apps, {names} names")
 }
 
-async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
+/// Logs every problem and says why serve did not start.
+fn fatal(what: impl std::fmt::Display) -> ExitCode {
+    error!("{what}");
+    ExitCode::FAILURE
+}
+
+async fn serve(args: Serve) -> ExitCode {
+    let zones = &args.zones;
     let reloader = match Reloader::load(zones) {
         Ok(reloader) => Arc::new(reloader),
         Err(diagnostics) => {
             for d in &diagnostics {
                 error!("{d}");
             }
-            error!(
+            return fatal(format_args!(
                 "{}: {} error(s), not starting",
                 zones.display(),
                 diagnostics.len()
-            );
-            return ExitCode::FAILURE;
+            ));
         }
     };
     info!(zones = %zones.display(), "loaded {}", reloader.with_config(summary));
@@ -158,20 +169,52 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
 
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
-    for addr in dns {
+    for addr in &args.dns {
         match server::bind(*addr).await {
             Ok((u, t)) => {
                 let (Ok(ua), Ok(ta)) = (u.local_addr(), t.local_addr()) else {
-                    return ExitCode::FAILURE;
+                    return fatal("cannot read the dns address");
                 };
                 info!("listening dns udp={ua} tcp={ta}");
                 udp.push(u);
                 tcp.push(t);
             }
-            Err(e) => {
-                error!("cannot listen for dns on {addr}: {e}");
-                return ExitCode::FAILURE;
+            Err(e) => return fatal(format_args!("cannot listen for dns on {addr}: {e}")),
+        }
+    }
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let pems = std::fs::read(cert).and_then(|c| Ok((c, std::fs::read(key)?)));
+            let default = match pems
+                .map_err(|e| e.to_string())
+                .and_then(|(c, k)| snapshot::certified_key(&c, &k))
+            {
+                Ok(key) => Arc::new(key),
+                Err(e) => {
+                    return fatal(format_args!(
+                        "{}: cannot load the default certificate: {e}",
+                        cert.display()
+                    ));
+                }
+            };
+            match router::tls::acceptor(reloader.snapshot(), Some(default)) {
+                Ok(acceptor) => Some(acceptor),
+                Err(e) => return fatal(format_args!("cannot set up tls: {e}")),
             }
+        }
+        _ => None,
+    };
+    let mut listeners = Vec::new();
+    let http = args.http.iter().map(|a| (a, None));
+    let https = args.https.iter().map(|a| (a, acceptor.clone()));
+    for (addr, tls) in http.chain(https) {
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => {
+                let listener = Listener { tcp, tls };
+                router::log_listening(&listener);
+                listeners.push(listener);
+            }
+            Err(e) => return fatal(format_args!("cannot listen for http on {addr}: {e}")),
         }
     }
 
@@ -181,8 +224,7 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         signal(SignalKind::hangup()),
     );
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
-        error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
+        return fatal("cannot install signal handlers");
     };
     let shutdown = CancellationToken::new();
     let reloads = tokio::spawn(reload::run(
@@ -192,13 +234,20 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         Duration::from_millis(200),
         shutdown.clone(),
     ));
-    let dns_server = tokio::spawn(server::run(
+    let limits = Limits {
+        tcp_idle: Duration::from_secs(args.tcp_idle),
+        tcp_max_connections: args.tcp_max_connections,
+        ..Limits::default()
+    };
+    let dns = tokio::spawn(server::run(
         udp,
         tcp,
         reloader.snapshot(),
         limits,
         shutdown.clone(),
     ));
+    let router = Arc::new(Router::new(reloader.snapshot(), Timeouts::default()));
+    let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -210,8 +259,10 @@ async fn serve(zones: &Path, dns: &[SocketAddr], limits: Limits) -> ExitCode {
         }
     }
     shutdown.cancel();
-    // In-flight queries take microseconds; a stuck TCP client must not hold the exit.
-    let _ = tokio::time::timeout(Duration::from_secs(5), dns_server).await;
+    // DNS queries take microseconds; the router drains its requests for a bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), dns).await;
+    let _ = http.await;
     reloads.abort();
+    info!("stopped");
     ExitCode::SUCCESS
 }

@@ -80,6 +80,9 @@ impl Reloader {
         let mut serials = Serials::default();
         serials.assign(&Prints::default(), &prints, unix_now());
         let snapshot = snapshot::compile(&config, |key| serials.get(key));
+        for w in &snapshot.warnings {
+            warn!("{w}");
+        }
         Ok(Reloader {
             dir: dir.to_path_buf(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -138,6 +141,9 @@ impl Reloader {
         let mut serials = state.serials.clone();
         serials.assign(&state.prints, &prints, unix_now());
         let snapshot = snapshot::compile(&config, |key| serials.get(key));
+        for w in &snapshot.warnings {
+            warn!("{w}");
+        }
         let compiled = started.elapsed() - loaded - validated;
         let swap = Instant::now();
         let old = self.snapshot.swap(Arc::new(snapshot));

@@ -7,9 +7,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::access::{Access, Member, Trust, Trusts};
 use crate::config::{Audience, Config, Dyno};
@@ -20,6 +25,9 @@ pub const LOCALSPACE: &str = "app.localspace.";
 /// Everything the DNS server and the router answer from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Problems that did not stop the compile (a certificate whose key type rustls cannot use),
+    /// for the reloader to log.
+    pub warnings: Vec<String>,
     /// The spaces, sorted by name: a space's index is its rank.
     pub spaces: Vec<SpaceView>,
     /// Which spaces trust a source.
@@ -68,6 +76,11 @@ pub struct AppView {
     pub allow: Option<u64>,
     /// The `web` dynos, which the router forwards to.
     pub web: Vec<Dyno>,
+    /// Where the router's round robin over `web` stands. The one mutable field of a snapshot:
+    /// a counter, not answer data.
+    pub next: AtomicUsize,
+    /// The certificate for the app's custom domains.
+    pub tls: Option<Arc<CertifiedKey>>,
 }
 
 /// A reference to an app: (space index, app index).
@@ -215,8 +228,24 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                 }
                 discovery.entry(app_name.clone()).or_default();
             }
+            let tls =
+                app.tls
+                    .as_ref()
+                    .and_then(|tls| match certified_key(&tls.cert_pem, &tls.key_pem) {
+                        Ok(key) => Some(Arc::new(key)),
+                        Err(e) => {
+                            let cert = tls.cert.display();
+                            snapshot.warnings.push(format!(
+                                "{cert}: app {} gets the default certificate: {e}",
+                                app.name
+                            ));
+                            None
+                        }
+                    });
             apps.push(AppView {
                 name: app.name.clone(),
+                next: AtomicUsize::new(0),
+                tls,
                 internal: app.internal_routing,
                 allow: app
                     .allow
@@ -256,6 +285,19 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
         .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
     snapshot.access = Access::new(access);
     snapshot
+}
+
+/// The certificate chain and signing key of a PEM certificate chain and private key.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if chain.is_empty() {
+        return Err("no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(chain, key))
 }
 
 fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
@@ -313,6 +355,15 @@ impl Snapshot {
             up = up.base_name();
         }
         None
+    }
+
+    /// The app a request from `client` for the lower-case `host` goes to: the DNS rules, so a
+    /// public source reaches only standard apps and a trusted one what it could resolve.
+    /// `None` is "no such app", the same for a name that exists and one that does not.
+    pub fn route(&self, client: IpAddr, host: &Name) -> Option<AppRef> {
+        let app = self.host(host)?;
+        let trusts = self.access.classify(client);
+        self.addresses(app, &trusts).map(|_| app)
     }
 
     /// The app behind `app`.

@@ -215,7 +215,7 @@ struct Serve {
 impl Serve {
     fn start(zones: &Path, dns: &str) -> Serve {
         let mut child = spaceroute()
-            .args(["serve", "--dns", dns, "--zones"])
+            .args(["serve", "--dns", dns, "--http", "127.0.0.1:0", "--zones"])
             .arg(zones)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -255,8 +255,10 @@ async fn certificates_outside_the_zones_directory_are_watched() {
     let certs = root.path().join("certs");
     fs::create_dir_all(&zones).unwrap();
     fs::create_dir_all(&certs).unwrap();
-    fs::write(certs.join("api.pem"), "cert").unwrap();
-    fs::write(certs.join("api.key"), "key").unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["api.example.org".to_string()]).unwrap();
+    let key_pem = cert.signing_key.serialize_pem();
+    fs::write(certs.join("api.pem"), cert.cert.pem()).unwrap();
+    fs::write(certs.join("api.key"), &key_pem).unwrap();
     let yaml = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10]}\napps:\n  - name: tls-app\n    tls: {cert: ../certs/api.pem, key: ../certs/api.key}\n";
     fs::write(zones.join("s.yaml"), yaml).unwrap();
     let b = Binary::start(&zones);
@@ -267,7 +269,10 @@ async fn certificates_outside_the_zones_directory_are_watched() {
             .iter()
             .any(|l| l.contains("s.yaml:6:") && l.contains("cannot read key file"))
     );
-    fs::write(certs.join("api.key"), "key").unwrap();
+    fs::write(certs.join("api.key"), "not a key").unwrap();
+    b.wait_for("last reload failed", 2).await;
+    assert!(b.logs().iter().any(|l| l.contains("s.yaml:6:") && l.contains("no usable PEM private key")));
+    fs::write(certs.join("api.key"), &key_pem).unwrap();
     b.wait_for("reloaded:", 1).await;
 }
 

@@ -4,6 +4,8 @@
 //! syntax error with its position), and [`validate`] checks them as a whole and builds the typed
 //! [`Config`] that `snapshot::compile` consumes. Every problem is a [`Diagnostic`] with
 //! `path:line:column`, and one run reports all of them. No sockets, no tokio, no logging.
+//! Certificates are checked here with `rustls-pki-types` (PEM parsing only, no crypto), so a
+//! bad certificate file is a `file:line` error like any other.
 
 pub mod load;
 pub mod model;

@@ -276,6 +276,11 @@ impl Validator {
                 });
             }
         }
+        if let Some((cert_pem, key_pem)) = &cert
+            && let Err((what, message)) = check_pem(cert_pem, key_pem)
+        {
+            self.report(here, &format!("{entry}.tls.{what}"), message);
+        }
         let tls = a.tls.as_ref().zip(cert).map(|(t, (cert_pem, key_pem))| {
             let base = here.path.parent().unwrap_or(Path::new("."));
             Tls {
@@ -472,6 +477,25 @@ pub fn wildcard_base(domain: &Name) -> Name {
     } else {
         domain.clone()
     }
+}
+
+/// Checks that a certificate file holds a PEM certificate chain and a key file a PEM private
+/// key; the error names which file (`cert` or `key`) and what is wrong.
+fn check_pem(cert: &[u8], key: &[u8]) -> Result<(), (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(cert).collect();
+    match chain {
+        Ok(chain) if !chain.is_empty() => {}
+        Ok(_) => return Err(("cert", "certificate file holds no PEM certificate".into())),
+        Err(e) => return Err(("cert", format!("certificate file is not valid PEM: {e}"))),
+    }
+    PrivateKeyDer::from_pem_slice(key).map(|_| ()).map_err(|e| {
+        (
+            "key",
+            format!("key file holds no usable PEM private key: {e}"),
+        )
+    })
 }
 
 /// `name` and its ancestors, up to and excluding the root.

@@ -1,0 +1,163 @@
+//! Body wrappers of the proxy: the rolling idle timeout, and the response tail that counts
+//! bytes, returns the dyno connection to the pool and writes the log line when the body ends.
+//!
+//! Bodies stream frame by frame; nothing here buffers a whole body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::upstream::BoxError;
+
+/// The error a body gives when nothing flowed for the idle timeout.
+#[derive(Debug)]
+pub struct IdleTimeout;
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no data for the idle timeout")
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+/// A body that fails with [`IdleTimeout`] when no frame arrives for `idle`; each frame resets
+/// the clock (Heroku's 55 s rolling window).
+pub struct Idle<B> {
+    inner: Pin<Box<B>>,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> Idle<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, idle: Duration) -> Idle<B> {
+        Idle {
+            inner: Box::pin(inner),
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> Body for Idle<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that calls `done` once, with the bytes sent and whether the body ended
+/// cleanly, when it ends, fails or is dropped.
+pub struct Tail<B, F: FnOnce(u64, Outcome)> {
+    inner: Pin<Box<B>>,
+    bytes: u64,
+    done: Option<F>,
+}
+
+/// How a response body finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to the end.
+    Complete,
+    /// The idle timeout fired.
+    Idle,
+    /// The upstream failed mid-body.
+    Failed,
+    /// The client went away before the end.
+    Dropped,
+}
+
+impl<B, F: FnOnce(u64, Outcome)> Tail<B, F> {
+    /// Wraps `inner`; `done` runs exactly once.
+    pub fn new(inner: B, done: F) -> Tail<B, F> {
+        Tail {
+            inner: Box::pin(inner),
+            bytes: 0,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes, outcome);
+        }
+    }
+}
+
+impl<B, F> Body for Tail<B, F>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+    F: FnOnce(u64, Outcome) + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Outcome::Complete);
+                }
+            }
+            Some(Err(e)) if e.is::<IdleTimeout>() => this.finish(Outcome::Idle),
+            Some(Err(_)) => this.finish(Outcome::Failed),
+            None => this.finish(Outcome::Complete),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B, F: FnOnce(u64, Outcome)> Drop for Tail<B, F> {
+    fn drop(&mut self) {
+        self.finish(Outcome::Dropped);
+    }
+}

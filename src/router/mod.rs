@@ -1,0 +1,196 @@
+//! The bundled HTTP router: takes the traffic the DNS answers point at to the apps' dynos.
+//!
+//! [`run`] accepts on bound listeners (TLS or not), serves HTTP/1.1 and HTTP/2 on each
+//! connection with hyper, and hands every request to [`proxy::handle`]. On shutdown it stops
+//! accepting and lets connections finish their requests for a bounded time.
+
+pub mod body;
+pub mod log;
+pub mod proxy;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::snapshot::Snapshot;
+use proxy::Downstream;
+use upstream::Upstreams;
+
+/// The router's timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// To connect to a dyno (Heroku: 5 s).
+    pub connect: Duration,
+    /// From sending the request to the dyno's response headers (Heroku: 30 s, then H12).
+    pub response: Duration,
+    /// Rolling idle time while a body streams (Heroku: 55 s).
+    pub idle: Duration,
+    /// How long a dyno that refused a connection is tried last.
+    pub down_for: Duration,
+    /// How long requests in flight may finish after shutdown starts.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(30),
+            idle: Duration::from_secs(55),
+            down_for: Duration::from_secs(10),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every request of the router shares.
+pub struct Router {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    upstreams: Upstreams,
+    timeouts: Timeouts,
+}
+
+impl Router {
+    /// A router over `snapshot` with `timeouts`.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, timeouts: Timeouts) -> Router {
+        Router {
+            snapshot,
+            upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
+            timeouts,
+        }
+    }
+}
+
+/// A bound listener, with TLS or without.
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// Set for HTTPS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// The most header fields a request may have.
+const MAX_HEADERS: usize = 100;
+
+/// Serves `listeners` until `shutdown`, then drains connections for up to `timeouts.shutdown`.
+pub async fn run(router: Arc<Router>, listeners: Vec<Listener>, shutdown: CancellationToken) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accepts = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accepts.spawn(accept(
+            router.clone(),
+            listener,
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while accepts.join_next().await.is_some() {}
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if tokio::time::timeout(router.timeouts.shutdown, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            "router: requests still in flight after {:?}, closing them",
+            router.timeouts.shutdown
+        );
+    }
+}
+
+async fn accept(
+    router: Arc<Router>,
+    listener: Listener,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    let (protocol, local_port) = (
+        if listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        listener.tcp.local_addr().map_or(0, |a| a.port()),
+    );
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.tcp.accept() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "router accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let downstream = Downstream {
+            peer,
+            local_port,
+            protocol,
+        };
+        let router = router.clone();
+        let service = service_fn(move |req| proxy::handle(router.clone(), downstream, req));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_headers(MAX_HEADERS);
+        match &listener.tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "http connection ended");
+                    }
+                });
+            }
+            Some(tls) => {
+                let (tls, graceful) = (tls.clone(), graceful.clone());
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
+                            Err(_) => return debug!(%peer, "tls handshake timed out"),
+                        };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = graceful.watch(conn).await {
+                        debug!(%peer, error = %e, "https connection ended");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Logs where the router listens, in the stable form tests read.
+pub fn log_listening(listener: &Listener) {
+    if let Ok(addr) = listener.tcp.local_addr() {
+        let scheme = if listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!("listening {scheme}={addr}");
+    }
+}

@@ -1,0 +1,516 @@
+//! The proxy service: pick the app from the snapshot, forward to one of its web dynos, and turn
+//! every failure into a Heroku router error with its status, page and log line.
+//!
+//! One request, in order: refuse ambiguous framing and oversize lines (400/431) before anything
+//! reaches a dyno; route by Host or `:authority` with the DNS access rules (404 "no such app"
+//! otherwise); connect to the next web dyno in round-robin order, skipping ones that refuse
+//! (H10 when none accepts, H14 when there are none); send the request with the proxy headers;
+//! wait for response headers (H12 after the timeout, H13 if the dyno hangs up); stream the
+//! response back. The request keeps the snapshot it started with.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hickory_proto::rr::Name;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info};
+
+use super::Router;
+use super::body::{Idle, Outcome, Tail};
+use super::log::{Record, RouterError};
+use super::upstream::{ConnectError, ProxyBody};
+
+/// The longest request line and header line accepted, as on Heroku.
+pub const MAX_LINE: usize = 8192;
+
+/// Where a request came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The port it connected to.
+    pub local_port: u16,
+    /// `http` or `https`.
+    pub protocol: &'static str,
+}
+
+/// Handles one request; never fails (every error is a response).
+pub async fn handle(
+    router: Arc<Router>,
+    downstream: Downstream,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = router.snapshot.load_full();
+    let mut record = Record {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        host: host_of(&req).unwrap_or_default(),
+        protocol: downstream.protocol,
+        request_id: request_id(req.headers()),
+        fwd: forwarded_for(req.headers(), downstream.peer.ip()),
+        ..Record::default()
+    };
+    // Logs H27 if hyper drops this future because the client went away.
+    let mut pending = Pending {
+        record: Some(record.clone()),
+        started,
+    };
+
+    if let Err(e) = check_framing(&req) {
+        return Ok(pending.fail(e, &mut record));
+    }
+    let app_ref = Name::from_ascii(&record.host)
+        .ok()
+        .map(|mut n| {
+            n.set_fqdn(true);
+            n
+        })
+        .and_then(|name| snapshot.route(downstream.peer.ip(), &name));
+    let Some(app_ref) = app_ref else {
+        return Ok(pending.fail(RouterError::NO_SUCH_APP, &mut record));
+    };
+    let app = snapshot.app(app_ref);
+    if app.web.is_empty() {
+        return Ok(pending.fail(RouterError::NO_WEB, &mut record));
+    }
+
+    // Round robin from the app's counter; dynos marked down go last.
+    let start = app.next.fetch_add(1, Ordering::Relaxed);
+    let mut order: Vec<_> = (0..app.web.len())
+        .map(|i| &app.web[(start + i) % app.web.len()])
+        .collect();
+    order.sort_by_key(|d| {
+        router
+            .upstreams
+            .is_down(SocketAddr::new(d.ip, d.port.unwrap_or(0)))
+    });
+    let upgrade = is_upgrade(req.headers());
+    let mut connection = None;
+    for dyno in order {
+        let addr = SocketAddr::new(dyno.ip, dyno.port.unwrap_or(0));
+        match router.upstreams.checkout(addr, upgrade).await {
+            Ok((sender, took)) => {
+                record.connect = took;
+                record.dyno = dyno.name();
+                connection = Some((addr, sender));
+                break;
+            }
+            Err(e) => {
+                debug!(%addr, error = ?e, "dyno did not accept a connection");
+                if matches!(e, ConnectError::Refused(_) | ConnectError::Timeout) {
+                    router.upstreams.mark_down(addr);
+                }
+            }
+        }
+    }
+    let Some((addr, mut sender)) = connection else {
+        return Ok(pending.fail(RouterError::NO_DYNO, &mut record));
+    };
+    pending.record = Some(record.clone());
+
+    let (mut parts, body) = req.into_parts();
+    let client_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let headers = upstream_headers(&parts.headers, &parts.uri, &record, &downstream, upgrade);
+    parts.headers = headers;
+    parts.uri = Uri::from_maybe_shared(Bytes::from(record.path.clone()))
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let body = Idle::new(body, router.timeouts.idle).boxed_unsync();
+    let upstream_req = Request::from_parts(parts, body);
+
+    let response =
+        match tokio::time::timeout(router.timeouts.response, sender.send_request(upstream_req))
+            .await
+        {
+            Err(_) => return Ok(pending.fail(RouterError::TIMEOUT, &mut record)),
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "dyno closed without a response");
+                return Ok(pending.fail(RouterError::CLOSED, &mut record));
+            }
+            Ok(Ok(response)) => response,
+        };
+
+    let mut response = response;
+    record.status = response.status().as_u16();
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client, upstream));
+        }
+        record.service = started.elapsed();
+        pending.disarm();
+        info!(target: "spaceroute::router", "{record}");
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        ));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    pending.disarm();
+    let router_ = router.clone();
+    let body = Tail::new(
+        Idle::new(body, router.timeouts.idle),
+        move |bytes, outcome| {
+            record.bytes = bytes;
+            record.service = started.elapsed();
+            match outcome {
+                Outcome::Complete => router_.upstreams.checkin(addr, sender),
+                Outcome::Idle => record.error = Some(RouterError::IDLE),
+                Outcome::Failed | Outcome::Dropped => {}
+            }
+            info!(target: "spaceroute::router", "{record}");
+        },
+    );
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// Logs an H27 for a request whose future is dropped before it answered.
+struct Pending {
+    record: Option<Record>,
+    started: Instant,
+}
+
+impl Pending {
+    /// Answers with the error page of `e` and logs the request.
+    fn fail(&mut self, e: RouterError, record: &mut Record) -> Response<ProxyBody> {
+        self.record = None;
+        record.status = e.status;
+        record.error = Some(e);
+        let page = error_page(e, &record.request_id);
+        record.bytes = page.len() as u64;
+        record.service = self.started.elapsed();
+        info!(target: "spaceroute::router", "{record}");
+        let mut response = Response::new(
+            Full::new(Bytes::from(page))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() =
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
+        response
+    }
+
+    fn disarm(&mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            let e = RouterError::CLIENT_GONE;
+            record.status = e.status;
+            record.error = Some(e);
+            record.service = self.started.elapsed();
+            info!(target: "spaceroute::router", "{record}");
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and dyno connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        debug!("upgrade did not complete");
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(error = %e, "tunnel ended");
+    }
+}
+
+/// The host a request is for: the Host header (HTTP/1) or `:authority` (HTTP/2), lower-case,
+/// without a port or a trailing dot.
+pub fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    let host = raw.rsplit('@').next()?;
+    let host = match host.rfind(':') {
+        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &host[..i]
+        }
+        _ => host,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// Rejects what could make the router and a dyno disagree about where a request ends: both
+/// Content-Length and Transfer-Encoding, differing Content-Lengths, several Host headers. Also
+/// lines over [`MAX_LINE`]. (hyper itself rejects obs-fold and malformed framing.)
+pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(RouterError::BAD_REQUEST);
+    }
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next()
+        && lengths.any(|l| l != first)
+    {
+        return Err(RouterError::BAD_REQUEST);
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(RouterError::BAD_REQUEST);
+    }
+    let request_line = req.method().as_str().len() + req.uri().to_string().len() + 10;
+    if request_line > MAX_LINE
+        || h.iter()
+            .any(|(n, v)| n.as_str().len() + v.len() + 2 > MAX_LINE)
+    {
+        return Err(RouterError::TOO_LARGE);
+    }
+    Ok(())
+}
+
+/// The client's X-Request-Id if it is 20–200 of `[A-Za-z0-9+=/-]`, else a new UUID.
+pub fn request_id(headers: &HeaderMap) -> String {
+    let valid = |v: &&str| {
+        (20..=200).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
+    };
+    match headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(valid)
+    {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The X-Forwarded-For to send: the client's, with the peer appended.
+fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> String {
+    let before: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    match before.is_empty() {
+        true => peer.to_string(),
+        false => format!("{}, {peer}", before.join(", ")),
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = (headers.get_all(header::CONNECTION).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` and `Connection: upgrade`
+/// survive on an upgrade request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = (headers.get_all(header::CONNECTION).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().map(HeaderName::as_str).chain(HOP_BY_HOP) {
+        if upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The request headers a dyno sees: the client's without hop-by-hop headers, plus the proxy
+/// headers of Heroku's router.
+fn upstream_headers(
+    client: &HeaderMap,
+    uri: &Uri,
+    record: &Record,
+    downstream: &Downstream,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = client.clone();
+    strip_hop_by_hop(&mut h, upgrade);
+    if !h.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        h.insert(header::HOST, v);
+    }
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set("x-forwarded-for", record.fwd.clone());
+    set("x-forwarded-proto", downstream.protocol.to_string());
+    set("x-forwarded-port", downstream.local_port.to_string());
+    set("x-request-id", record.request_id.clone());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    set("x-request-start", now.as_millis().to_string());
+    let via = match client.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, 1.1 spaceroute"),
+        None => "1.1 spaceroute".to_string(),
+    };
+    set("via", via);
+    h
+}
+
+/// The short HTML page of a router error.
+fn error_page(e: RouterError, request_id: &str) -> String {
+    let (title, text) = match e.status {
+        404 => ("No such app", "There is no app at this address."),
+        400 | 431 => ("Bad request", "The request could not be understood."),
+        _ => (
+            "Application error",
+            "An error occurred in the application and your page could not be served.",
+        ),
+    };
+    let code = if e.code.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", e.code)
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1><p>{text}{code}</p><p>Request ID: {request_id}</p></body></html>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/x?y=1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_drops_port_case_and_trailing_dot() {
+        assert_eq!(
+            host_of(&req(&[("host", "Frozen-Oasis.HerokuApp.com:8080")])).as_deref(),
+            Some("frozen-oasis.herokuapp.com")
+        );
+        assert_eq!(
+            host_of(&req(&[("host", "api.example.com.")])).as_deref(),
+            Some("api.example.com")
+        );
+        let h2 = Request::builder()
+            .uri("https://API.example.com:443/")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&h2).as_deref(), Some("api.example.com"));
+        assert_eq!(host_of(&req(&[])), None);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let both = req(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert_eq!(check_framing(&both), Err(RouterError::BAD_REQUEST));
+        let differing = req(&[("content-length", "5"), ("content-length", "6")]);
+        assert_eq!(check_framing(&differing), Err(RouterError::BAD_REQUEST));
+        let same = req(&[("content-length", "5"), ("content-length", "5")]);
+        assert_eq!(check_framing(&same), Ok(()));
+        let hosts = req(&[("host", "a.example.com"), ("host", "b.example.com")]);
+        assert_eq!(check_framing(&hosts), Err(RouterError::BAD_REQUEST));
+        let long = "a".repeat(MAX_LINE);
+        assert_eq!(
+            check_framing(&req(&[("x-long", &long)])),
+            Err(RouterError::TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_well_formed() {
+        let good = "abcdefghij0123456789+/=-";
+        assert_eq!(request_id(req(&[("x-request-id", good)]).headers()), good);
+        for bad in [
+            "short",
+            "has spaces in it 0123456789",
+            &"a".repeat(201),
+            "ünïcode-0123456789abcdef",
+        ] {
+            let id = request_id(req(&[("x-request-id", bad)]).headers());
+            assert_ne!(id, bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+    }
+
+    #[test]
+    fn proxy_headers_are_added_and_hop_by_hop_removed() {
+        let client = req(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "s"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("x-app", "kept"),
+        ]);
+        let down = Downstream {
+            peer: "127.16.0.5:4000".parse().unwrap(),
+            local_port: 8443,
+            protocol: "https",
+        };
+        let record = Record {
+            fwd: forwarded_for(client.headers(), down.peer.ip()),
+            request_id: "r".repeat(20),
+            ..Record::default()
+        };
+        let h = upstream_headers(client.headers(), client.uri(), &record, &down, false);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.16.0.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-port"], "8443");
+        assert_eq!(h["via"], "1.1 spaceroute");
+        assert_eq!(h["x-app"], "kept");
+        for gone in ["connection", "x-secret", "te", "keep-alive"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        let start: u128 = h["x-request-start"].to_str().unwrap().parse().unwrap();
+        assert!(start > 1_600_000_000_000);
+    }
+}
