@@ -215,18 +215,20 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                         .push(Apex::Custom(app_ref));
                 }
             }
-            let app_name = Name::from_ascii(&app.name)
-                .and_then(|n| n.append_domain(&snapshot.localspace))
-                .ok();
-            for dyno in app.dynos.iter().filter(|_| app_name.is_some()) {
-                let Some(app_name) = &app_name else { continue };
-                if let Ok(process) = app_name.prepend_label(dyno.process.as_str()) {
+            // Names are checked by validate, so these only fail on names no app can have.
+            if let Ok(app_name) =
+                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&snapshot.localspace))
+            {
+                for dyno in &app.dynos {
+                    let Ok(process) = app_name.prepend_label(dyno.process.as_str()) else {
+                        continue;
+                    };
                     if let Ok(one) = process.prepend_label(dyno.index.to_string().as_str()) {
                         discovery.entry(one).or_default().push(dyno.ip);
                     }
                     discovery.entry(process).or_default().push(dyno.ip);
                 }
-                discovery.entry(app_name.clone()).or_default();
+                discovery.entry(app_name).or_default();
             }
             let tls =
                 app.tls
