@@ -271,7 +271,11 @@ async fn certificates_outside_the_zones_directory_are_watched() {
     );
     fs::write(certs.join("api.key"), "not a key").unwrap();
     b.wait_for("last reload failed", 2).await;
-    assert!(b.logs().iter().any(|l| l.contains("s.yaml:6:") && l.contains("no usable PEM private key")));
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("s.yaml:6:") && l.contains("no usable PEM private key"))
+    );
     fs::write(certs.join("api.key"), &key_pem).unwrap();
     b.wait_for("reloaded:", 1).await;
 }

@@ -235,7 +235,14 @@ impl Binary {
     pub fn start(zones: &Path) -> Binary {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute"))
-            .args(["serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0", "--zones"])
+            .args([
+                "serve",
+                "--dns",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--zones",
+            ])
             .arg(zones)
             .env("SPACEROUTE_LOG", "info")
             .stderr(std::process::Stdio::piped())
