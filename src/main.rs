@@ -197,10 +197,7 @@ async fn serve(args: Serve) -> ExitCode {
                     ));
                 }
             };
-            match router::tls::acceptor(reloader.snapshot(), Some(default)) {
-                Ok(acceptor) => Some(acceptor),
-                Err(e) => return fatal(format_args!("cannot set up tls: {e}")),
-            }
+            Some(router::tls::Tls::new(reloader.snapshot(), Some(default)))
         }
         _ => None,
     };

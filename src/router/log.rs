@@ -83,6 +83,20 @@ impl RouterError {
         desc: "Client Request Interrupted",
         fault: Fault::Downstream,
     };
+    /// The dyno broke the connection while sending the response body.
+    pub const INTERRUPTED: RouterError = RouterError {
+        code: "H18",
+        status: 503,
+        desc: "Server Request Interrupted",
+        fault: Fault::Upstream,
+    };
+    /// The client sent nothing for the idle timeout while uploading.
+    pub const CLIENT_IDLE: RouterError = RouterError {
+        code: "H28",
+        status: 408,
+        desc: "Client connection idle",
+        fault: Fault::Downstream,
+    };
     /// The host is no app the client may reach.
     pub const NO_SUCH_APP: RouterError = RouterError {
         code: "",
@@ -97,11 +111,18 @@ impl RouterError {
         desc: "Bad request",
         fault: Fault::Downstream,
     };
-    /// A request line or header line over the limit.
+    /// A header line over the limit.
     pub const TOO_LARGE: RouterError = RouterError {
         code: "",
         status: 431,
         desc: "Request header too large",
+        fault: Fault::Downstream,
+    };
+    /// A request line over the limit.
+    pub const URI_TOO_LONG: RouterError = RouterError {
+        code: "",
+        status: 414,
+        desc: "URI too long",
         fault: Fault::Downstream,
     };
 }
@@ -151,7 +172,7 @@ impl fmt::Display for Record {
             escape(&self.path),
             self.host,
             self.request_id,
-            self.fwd,
+            escape(&self.fwd),
             self.dyno,
             self.connect.as_millis(),
             self.service.as_millis(),
@@ -166,7 +187,8 @@ impl fmt::Display for Record {
     }
 }
 
-/// Quotes and backslashes escaped, so a path cannot forge fields.
+/// Quotes and backslashes escaped, so a quoted value (a path, X-Forwarded-For) cannot forge
+/// fields. Unquoted values (host, request id) are checked by the proxy before they get here.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }

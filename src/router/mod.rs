@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -40,6 +39,10 @@ pub struct Timeouts {
     pub down_for: Duration,
     /// How long requests in flight may finish after shutdown starts.
     pub shutdown: Duration,
+    /// To receive a request's headers (the connection closes after it).
+    pub header_read: Duration,
+    /// To complete a TLS handshake.
+    pub handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -50,6 +53,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(55),
             down_for: Duration::from_secs(10),
             shutdown: Duration::from_secs(10),
+            header_read: Duration::from_secs(30),
+            handshake: Duration::from_secs(10),
         }
     }
 }
@@ -77,7 +82,7 @@ pub struct Listener {
     /// The socket.
     pub tcp: TcpListener,
     /// Set for HTTPS.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<tls::Tls>,
 }
 
 /// The most header fields a request may have.
@@ -96,7 +101,10 @@ pub async fn run(router: Arc<Router>, listeners: Vec<Listener>, shutdown: Cancel
         ));
     }
     while accepts.join_next().await.is_some() {}
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    // The accept loops are done, so this is the last reference: connections hold only watchers.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        return warn!("router: cannot drain connections");
+    };
     if tokio::time::timeout(router.timeouts.shutdown, graceful.shutdown())
         .await
         .is_err()
@@ -114,14 +122,12 @@ async fn accept(
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
 ) {
-    let (protocol, local_port) = (
-        if listener.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        listener.tcp.local_addr().map_or(0, |a| a.port()),
-    );
+    let protocol = if listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let local_port = listener.tcp.local_addr().map_or(0, |a| a.port());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.tcp.accept() => match r {
@@ -140,46 +146,37 @@ async fn accept(
             local_port,
             protocol,
         };
-        let router = router.clone();
-        let service = service_fn(move |req| proxy::handle(router.clone(), downstream, req));
+        let handler = router.clone();
+        let service = service_fn(move |req| proxy::handle(handler.clone(), downstream, req));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(router.timeouts.header_read)
             .max_headers(MAX_HEADERS);
-        match &listener.tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "http connection ended");
+        // Each connection gets its own watcher; only the accept loop holds `graceful`.
+        let watcher = graceful.watcher();
+        let (tls, handshake) = (listener.tls.clone(), router.timeouts.handshake);
+        tokio::spawn(async move {
+            let served = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => match tls.accept(stream, peer.ip(), handshake).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
                     }
-                });
+                    Err(e) => return debug!(%peer, error = %e, "tls handshake failed"),
+                },
+            };
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "{protocol} connection ended");
             }
-            Some(tls) => {
-                let (tls, graceful) = (tls.clone(), graceful.clone());
-                tokio::spawn(async move {
-                    let stream =
-                        match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
-                            Err(_) => return debug!(%peer, "tls handshake timed out"),
-                        };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(e) = graceful.watch(conn).await {
-                        debug!(%peer, error = %e, "https connection ended");
-                    }
-                });
-            }
-        }
+        });
     }
 }
 

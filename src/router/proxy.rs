@@ -17,16 +17,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hickory_proto::rr::Name;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::Router;
-use super::body::{Idle, Outcome, Tail};
+use super::body::{Idle, Outcome, Sent, Tail, Watched};
 use super::log::{Record, RouterError};
 use super::upstream::{ConnectError, ProxyBody};
+use crate::snapshot::AppView;
 
 /// The longest request line and header line accepted, as on Heroku.
 pub const MAX_LINE: usize = 8192;
@@ -72,6 +75,15 @@ pub async fn handle(
     if let Err(e) = check_framing(&req) {
         return Ok(pending.fail(e, &mut record));
     }
+    // Only host-name characters: anything else is no host of ours, and must not reach the log.
+    if !record
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        record.host.clear();
+        return Ok(pending.fail(RouterError::BAD_REQUEST, &mut record));
+    }
     let app_ref = Name::from_ascii(&record.host)
         .ok()
         .map(|mut n| {
@@ -87,65 +99,66 @@ pub async fn handle(
         return Ok(pending.fail(RouterError::NO_WEB, &mut record));
     }
 
-    // Round robin from the app's counter; dynos marked down go last.
-    let start = app.next.fetch_add(1, Ordering::Relaxed);
-    let mut order: Vec<_> = (0..app.web.len())
-        .map(|i| &app.web[(start + i) % app.web.len()])
-        .collect();
-    order.sort_by_key(|d| {
-        router
-            .upstreams
-            .is_down(SocketAddr::new(d.ip, d.port.unwrap_or(0)))
-    });
     let upgrade = is_upgrade(req.headers());
-    let mut connection = None;
-    for dyno in order {
-        let addr = SocketAddr::new(dyno.ip, dyno.port.unwrap_or(0));
-        match router.upstreams.checkout(addr, upgrade).await {
-            Ok((sender, took)) => {
-                record.connect = took;
-                record.dyno = dyno.name();
-                connection = Some((addr, sender));
-                break;
-            }
-            Err(e) => {
-                debug!(%addr, error = ?e, "dyno did not accept a connection");
-                if matches!(e, ConnectError::Refused(_) | ConnectError::Timeout) {
-                    router.upstreams.mark_down(addr);
-                }
-            }
-        }
-    }
-    let Some((addr, mut sender)) = connection else {
-        return Ok(pending.fail(RouterError::NO_DYNO, &mut record));
-    };
-    pending.record = Some(record.clone());
-
     let (mut parts, body) = req.into_parts();
     let client_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     let headers = upstream_headers(&parts.headers, &parts.uri, &record, &downstream, upgrade);
-    parts.headers = headers;
-    parts.uri = Uri::from_maybe_shared(Bytes::from(record.path.clone()))
+    let uri = Uri::from_maybe_shared(Bytes::from(record.path.clone()))
         .unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
-    let body = Idle::new(body, router.timeouts.idle).boxed_unsync();
-    let upstream_req = Request::from_parts(parts, body);
-
-    let response =
-        match tokio::time::timeout(router.timeouts.response, sender.send_request(upstream_req))
-            .await
-        {
-            Err(_) => return Ok(pending.fail(RouterError::TIMEOUT, &mut record)),
-            Ok(Err(e)) => {
-                debug!(%addr, error = %e, "dyno closed without a response");
-                return Ok(pending.fail(RouterError::CLOSED, &mut record));
-            }
-            Ok(Ok(response)) => response,
+    // A bodiless GET or HEAD may be sent again when a pooled connection turns out to have been
+    // closed by the dyno in the meantime; anything else could have had effects.
+    let retryable = matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream();
+    let mut body = Some(Idle::new(body, router.timeouts.idle).boxed_unsync());
+    let (addr, sender, mut response) = loop {
+        let Some((addr, mut sender, reused)) = connect(&router, app, &mut record, upgrade).await
+        else {
+            return Ok(pending.fail(RouterError::NO_DYNO, &mut record));
         };
+        pending.record = Some(record.clone());
+        let (sent_tx, sent) = watch::channel(None);
+        let body = body.take().unwrap_or_else(|| {
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync()
+        });
+        let mut upstream_req = Request::new(Watched::new(body, sent_tx).boxed_unsync());
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.headers_mut() = headers.clone();
+        // The response timeout starts once the whole request body has been sent.
+        let mut sent_rx = sent.clone();
+        let response_timeout = router.timeouts.response;
+        let timer = async move {
+            match sent_rx.wait_for(Option::is_some).await.map(|end| *end) {
+                Ok(Some(Sent::Idle)) => RouterError::CLIENT_IDLE,
+                Ok(Some(Sent::Failed)) => RouterError::CLIENT_GONE,
+                _ => {
+                    tokio::time::sleep(response_timeout).await;
+                    RouterError::TIMEOUT
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = sender.send_request(upstream_req) => r,
+            e = timer => return Ok(pending.fail(e, &mut record)),
+        };
+        match result {
+            Ok(response) => break (addr, sender, response),
+            Err(e) => {
+                debug!(%addr, error = %e, reused, "no response from the dyno");
+                let error = match *sent.borrow() {
+                    Some(Sent::Idle) => RouterError::CLIENT_IDLE,
+                    Some(Sent::Failed) => RouterError::CLIENT_GONE,
+                    _ if reused && retryable => continue,
+                    _ => RouterError::CLOSED,
+                };
+                return Ok(pending.fail(error, &mut record));
+            }
+        }
+    };
 
-    let mut response = response;
     record.status = response.status().as_u16();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
@@ -166,21 +179,59 @@ pub async fn handle(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     pending.disarm();
-    let router_ = router.clone();
+    let pool = router.clone();
     let body = Tail::new(
         Idle::new(body, router.timeouts.idle),
         move |bytes, outcome| {
             record.bytes = bytes;
             record.service = started.elapsed();
             match outcome {
-                Outcome::Complete => router_.upstreams.checkin(addr, sender),
+                Outcome::Complete => pool.upstreams.checkin(addr, sender),
                 Outcome::Idle => record.error = Some(RouterError::IDLE),
-                Outcome::Failed | Outcome::Dropped => {}
+                Outcome::Failed => record.error = Some(RouterError::INTERRUPTED),
+                Outcome::Dropped => record.error = Some(RouterError::CLIENT_GONE),
             }
             info!(target: "spaceroute::router", "{record}");
         },
     );
     Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A connection to the next web dyno of `app` in round-robin order, skipping (and marking
+/// down) dynos that refuse; dynos already marked down are tried last. Also returns whether the
+/// connection came from the pool. Sets the record's dyno and connect time.
+async fn connect(
+    router: &Router,
+    app: &AppView,
+    record: &mut Record,
+    upgrade: bool,
+) -> Option<(SocketAddr, SendRequest<ProxyBody>, bool)> {
+    let start = app.next.fetch_add(1, Ordering::Relaxed);
+    let mut order: Vec<_> = (0..app.web.len())
+        .map(|i| &app.web[(start + i) % app.web.len()])
+        .collect();
+    order.sort_by_key(|d| {
+        router
+            .upstreams
+            .is_down(SocketAddr::new(d.ip, d.port.unwrap_or(0)))
+    });
+    for dyno in order {
+        let addr = SocketAddr::new(dyno.ip, dyno.port.unwrap_or(0));
+        match router.upstreams.checkout(addr, upgrade).await {
+            Ok((sender, took, reused)) => {
+                record.connect = took;
+                record.dyno = dyno.name();
+                return Some((addr, sender, reused));
+            }
+            Err(e) => {
+                debug!(%addr, error = ?e, "dyno did not accept a connection");
+                if matches!(e, ConnectError::Refused(_) | ConnectError::Timeout) {
+                    router.upstreams.mark_down(addr);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Logs an H27 for a request whose future is dropped before it answered.
@@ -282,10 +333,11 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(RouterError::BAD_REQUEST);
     }
-    let request_line = req.method().as_str().len() + req.uri().to_string().len() + 10;
-    if request_line > MAX_LINE
-        || h.iter()
-            .any(|(n, v)| n.as_str().len() + v.len() + 2 > MAX_LINE)
+    if req.method().as_str().len() + req.uri().to_string().len() + 10 > MAX_LINE {
+        return Err(RouterError::URI_TOO_LONG);
+    }
+    if h.iter()
+        .any(|(n, v)| n.as_str().len() + v.len() + 2 > MAX_LINE)
     {
         return Err(RouterError::TOO_LARGE);
     }
@@ -402,7 +454,7 @@ fn upstream_headers(
 fn error_page(e: RouterError, request_id: &str) -> String {
     let (title, text) = match e.status {
         404 => ("No such app", "There is no app at this address."),
-        400 | 431 => ("Bad request", "The request could not be understood."),
+        400 | 414 | 431 => ("Bad request", "The request could not be understood."),
         _ => (
             "Application error",
             "An error occurred in the application and your page could not be served.",

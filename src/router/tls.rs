@@ -1,62 +1,98 @@
-//! TLS for the router: a rustls certificate resolver that reads the current snapshot, so
-//! certificates change with a reload and a new handshake picks the new one.
+//! TLS for the router: the certificate for each connection, chosen from the current snapshot by
+//! SNI and by who is asking.
 //!
-//! SNI picks the certificate: an app's own `tls` pair for its custom domains, and the default
-//! pair (from the command line) for everything else, `*.<domain>` app names included. ALPN
-//! offers HTTP/2 and HTTP/1.1.
+//! An app's own `tls` pair answers for its custom domains, but only to a client that may reach
+//! the app (the DNS rules): a public client asking for an internal app's domain gets the default
+//! certificate, so a certificate never reveals a hidden app. Everything else, `<app>.<domain>`
+//! names included, gets the default pair from the command line. Because the choice reads the
+//! snapshot per handshake, certificates change with a reload. ALPN offers HTTP/2 and HTTP/1.1.
 
+use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::Name;
 use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::snapshot::Snapshot;
 
-/// Chooses a certificate for each handshake from the current snapshot.
-#[derive(Debug)]
-pub struct CertResolver {
+/// The router's TLS: the snapshot's app certificates and a default pair.
+#[derive(Debug, Clone)]
+pub struct Tls {
     snapshot: Arc<ArcSwap<Snapshot>>,
     default: Option<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
 }
 
-impl CertResolver {
-    /// The certificate for server name `sni`: its app's, if it is a custom domain of an app
-    /// with a certificate, else the default.
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+impl Tls {
+    /// TLS over `snapshot`'s certificates, with `default` for every other name.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, default: Option<Arc<CertifiedKey>>) -> Tls {
+        Tls {
+            snapshot,
+            default,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+
+    /// The certificate for a client at `peer` asking for server name `sni`.
+    pub fn pick(&self, peer: IpAddr, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let app_key = sni.and_then(|sni| {
             let mut name = Name::from_ascii(sni).ok()?;
             name.set_fqdn(true);
             let name = name.to_lowercase();
             let snapshot = self.snapshot.load();
-            let app = snapshot.host(&name)?;
+            let app = snapshot.route(peer, &name)?;
             // `<app>.<domain>` names use the default (wildcard) certificate.
             (!snapshot.spaces[app.space].domain.zone_of(&name)).then_some(())?;
             snapshot.app(app).tls.clone()
         });
         app_key.or_else(|| self.default.clone())
     }
-}
 
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+    /// Completes the handshake of a client at `peer` within `timeout`.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: IpAddr,
+        timeout: Duration,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+            let key = self
+                .pick(peer, start.client_hello().server_name())
+                .ok_or_else(|| io::Error::other("no certificate for this server name"))?;
+            start.into_stream(self.config(key)?).await
+        };
+        tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| io::ErrorKind::TimedOut)?
+    }
+
+    fn config(&self, key: Arc<CertifiedKey>) -> io::Result<Arc<ServerConfig>> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(key)));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
-/// A TLS acceptor over `snapshot`'s certificates with `default` for other names.
-pub fn acceptor(
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    default: Option<Arc<CertifiedKey>>,
-) -> Result<TlsAcceptor, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(CertResolver { snapshot, default }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+/// A resolver that always answers the certificate already chosen for this connection.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }

@@ -27,6 +27,14 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Idle connections kept per dyno.
 const MAX_IDLE_PER_DYNO: usize = 64;
 
+/// How long an idle connection is kept. Short, because app servers close idle keep-alive
+/// connections early (gunicorn after 2 s, Node after 5 s) and a request sent on a connection the
+/// dyno is closing fails; a bodiless GET or HEAD is retried on a new connection (see `proxy`).
+const IDLE_FOR: Duration = Duration::from_secs(2);
+
+/// An idle connection and since when it is idle.
+type Pooled = (SendRequest<ProxyBody>, Instant);
+
 /// Why no connection to a dyno could be had.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -40,7 +48,7 @@ pub enum ConnectError {
 
 /// The connections to every dyno.
 pub struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<ProxyBody>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
     down: Mutex<HashMap<SocketAddr, Instant>>,
     connect_timeout: Duration,
     down_for: Duration,
@@ -58,12 +66,12 @@ impl Upstreams {
     }
 
     /// A ready connection to `addr`: a pooled one if there is one (and `upgrade` is false),
-    /// else a new one. Also returns how long connecting took.
+    /// else a new one. Also returns how long connecting took, and whether it was pooled.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         upgrade: bool,
-    ) -> Result<(SendRequest<ProxyBody>, Duration), ConnectError> {
+    ) -> Result<(SendRequest<ProxyBody>, Duration, bool), ConnectError> {
         let started = Instant::now();
         if !upgrade {
             while let Some(mut sender) = self.pop_idle(addr) {
@@ -72,7 +80,7 @@ impl Upstreams {
                 if let Ok(Ok(())) =
                     tokio::time::timeout(Duration::from_millis(5), sender.ready()).await
                 {
-                    return Ok((sender, started.elapsed()));
+                    return Ok((sender, started.elapsed(), true));
                 }
             }
         }
@@ -99,13 +107,14 @@ impl Upstreams {
                 }
             });
         }
-        Ok((sender, started.elapsed()))
+        Ok((sender, started.elapsed(), false))
     }
 
     fn pop_idle(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let senders = idle.get_mut(&addr)?;
-        let sender = senders.pop();
+        senders.retain(|(_, since)| since.elapsed() < IDLE_FOR);
+        let sender = senders.pop().map(|(sender, _)| sender);
         if senders.is_empty() {
             idle.remove(&addr);
         }
@@ -120,7 +129,7 @@ impl Upstreams {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let senders = idle.entry(addr).or_default();
         if senders.len() < MAX_IDLE_PER_DYNO {
-            senders.push(sender);
+            senders.push((sender, Instant::now()));
         }
     }
 
