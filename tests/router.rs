@@ -393,6 +393,8 @@ enum Raw {
     Close,
     /// Answers `101 Switching Protocols` and echoes every byte after that.
     WebSocketEcho,
+    /// Promises 100 body bytes, sends 10 and closes (H18).
+    Truncate,
 }
 
 /// A dyno over raw TCP, for what hyper would not do: hang up, or switch protocols.
@@ -421,6 +423,10 @@ impl RawDyno {
                     heads.lock().unwrap().push(head);
                     match mode {
                         Raw::Close => drop(stream),
+                        Raw::Truncate => {
+                            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+                            stream.write_all(head.as_bytes()).await.unwrap();
+                        }
                         Raw::WebSocketEcho => {
                             let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
                             stream.write_all(switch.as_bytes()).await.unwrap();
@@ -1384,6 +1390,59 @@ async fn a_client_that_leaves_before_the_response_is_logged_as_h27_499() {
     assert_eq!((log.get("status"), log.get("fault")), ("499", "downstream"));
     assert_eq!((log.get("dyno"), log.get("path")), ("web.1", "/gone"));
     assert_eq!(log_count(&id), 1);
+}
+
+#[tokio::test]
+async fn a_dyno_that_dies_mid_body_is_logged_as_h18_with_the_bytes_sent() {
+    let truncate = RawDyno::start(Raw::Truncate).await;
+    let router = open_app(&[("web.1", truncate.addr)]).await;
+    let id = new_id();
+    let req = format!("GET /partial HTTP/1.1\r\n{OPEN}X-Request-Id: {id}\r\n\r\n");
+    let (reply, _) = raw_exchange(router.http, SPACE, req.as_bytes()).await;
+    let reply = reply.expect("the response head");
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (200, b"0123456789".as_slice())
+    );
+    let log = log_line(&id).await;
+    assert_eq!(
+        (log.get("at"), log.get("code")),
+        ("error", "H18"),
+        "{}",
+        log.line
+    );
+    assert_eq!(
+        (log.get("status"), log.get("bytes"), log.get("fault")),
+        ("200", "10", "upstream")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_upload_gets_408_h28() {
+    let dyno = Dyno::start("web.1").await;
+    let router = TestRouter::start_with(
+        &[alpha(&[app("open-app", &[], &[("web.1", dyno.addr)])])],
+        Timeouts {
+            idle: Duration::from_millis(300),
+            ..timeouts()
+        },
+    )
+    .await;
+    let id = new_id();
+    let req = format!(
+        "POST /upload HTTP/1.1\r\n{OPEN}X-Request-Id: {id}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let started = Instant::now();
+    let (reply, _stream) = raw_exchange(router.http, SPACE, req.as_bytes()).await;
+    assert_eq!(reply.expect("a response").status, 408);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let log = log_line(&id).await;
+    assert_eq!(
+        (log.get("code"), log.get("status"), log.get("fault")),
+        ("H28", "408", "downstream"),
+        "{}",
+        log.line
+    );
 }
 
 /// A body that yields `n` chunks, `gap` apart: a client uploading slowly but steadily.
