@@ -190,7 +190,10 @@ pub fn default_origin(path: &Path, audience: Audience) -> Name {
 /// Parses a space file's YAML. `path` only names the file in diagnostics.
 pub fn parse_space(path: &Path, text: &str) -> Result<(SpaceFile, Positions), Diagnostic> {
     let file: SpaceFile = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        // An error at the very end of a file without a final newline is reported one line past
+        // it; point at the last line instead.
+        let last = text.lines().count().max(1);
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line().min(last), l.column()));
         // serde_yaml appends " at line N column M" to its message; the position is ours to print.
         let message = e.to_string();
         let message = match message.find(" at line ") {
