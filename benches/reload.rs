@@ -6,8 +6,19 @@
 //! the numbers are single reloads of seconds, not nanosecond loops, and CI builds every bench
 //! target, so criterion's compile time would buy nothing here.
 //!
-//! Last result (2026-11-23, 2-core CI-class VM, release build, medians of 3):
-//! see the closing note of issue 3; the table is printed by the run itself.
+//! Last result (2026-11-23, the 2-core workplace VM, quiet, release build; reload = median of 3):
+//!
+//! ```text
+//! apps     files  first load   reload (median)  query p50 / p99 / max during swaps  (idle p99)
+//! 1000     1      18.6ms       18.4ms           1.3µs / 1.8µs / 83.7µs  (1.6µs)
+//! 10000    10     174.5ms      185.2ms          1.3µs / 2.5µs / 4.1ms  (2.4µs)
+//! 100000   100    1.8s         2.1s             1.3µs / 2.3µs / 4.5ms  (3.0µs)
+//! ```
+//!
+//! Queries never wait for a reload (the swap is one pointer store; p99 during swaps equals
+//! idle). The max is scheduling on two cores shared by the reload thread, the query thread and
+//! the OS; before the old snapshot was freed on the reload thread it was 145 ms at 100k apps,
+//! the time to free 100k apps on the query that held the last reference.
 
 use std::fmt::Write as _;
 use std::path::Path;
