@@ -1,14 +1,17 @@
 //! Interop with real peers: `dig`, `kdig` and unbound (as a forwarding resolver) against the
-//! `spaceroute serve` binary on the two-spaces fixture.
+//! `spaceroute serve` binary on the two-spaces fixture; curl and wrk against its router, with a
+//! real nginx as the app's dyno.
 //!
 //! Every test is `#[ignore]`: plain `cargo test` needs no outside program. `.ci/run` installs
 //! the programs and runs these with `--include-ignored`. Clients pick their source address
-//! with `-b` (dig, kdig) or unbound's `outgoing-interface`, so one machine plays the space,
-//! its peers and the public. All traffic stays on 127.0.0.0/8.
+//! with `-b` (dig, kdig), unbound's `outgoing-interface` or curl's `--interface`, so one machine
+//! plays the space, its peers and the public (wrk cannot, so its 127.0.0.1 is a trusted peer).
+//! All traffic stays on 127.0.0.0/8.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -671,4 +674,937 @@ internal-app.herokuapp.com.	30	IN	A	127.16.0.10
     r.expect("NOERROR", &["127.16.0.10"]);
     assert!(r.has_flag("aa") && !r.has_flag("tc"));
     assert_eq!((r.edns_udp_size(), r.transport()), (Some(1232), "UDP"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The router with real peers: curl and wrk as clients, nginx as the dyno behind it.
+//
+// One space file for all of them: space `routed` on 127.16/16 with peers prod-vpc (127.31/16)
+// and office (127.0.0.0/24, so that wrk, which cannot pick its source address, is trusted from
+// 127.0.0.1). Its internal app `nginx-app` has the custom domain `secure.example.org` with a
+// certificate of its own; the standard app `public-app` is open to everyone. Both apps' web dyno
+// is one nginx on 127.16.1.x, which answers every path with the proxy headers it received and
+// serves a generated file under /files/.
+
+/// The internal app, its custom domain and the standard app of the router space.
+const NGINX_APP: &str = "nginx-app.herokuapp.com";
+const CUSTOM_DOMAIN: &str = "secure.example.org";
+const PUBLIC_APP: &str = "public-app.herokuapp.com";
+/// The size of the file nginx serves at /files/large.bin: big enough to take many reads and
+/// flow-control windows on every hop.
+const LARGE_FILE: usize = 24 << 20;
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_through_the_router_reaches_nginx_with_the_proxy_headers() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let url = format!("http://{NGINX_APP}:{http}/hello?x=1");
+    let id = "interop-curl-0123456789abcdef";
+    let r = curl(
+        SPACE,
+        &[
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            "-H",
+            &format!("X-Request-Id: {id}"),
+            "-H",
+            "Connection: keep-alive, X-Secret",
+            "-H",
+            "X-Secret: hop-by-hop",
+            "-D",
+            "-",
+            &url,
+        ],
+    );
+    r.expect(200, "1.1");
+    let seen = Echo::parse(&r);
+    assert_eq!(seen.forwarded_for, SPACE, "{r}");
+    assert_eq!(seen.request_id, id, "{r}");
+    assert_eq!(seen.via, "1.1 spaceroute", "{r}");
+    assert_eq!(seen.proto, "http", "{r}");
+    assert_eq!(seen.port, http.to_string(), "{r}");
+    assert_eq!(seen.host, format!("{NGINX_APP}:{http}"), "{r}");
+    assert_eq!(seen.uri, "/hello?x=1", "{r}");
+    assert_eq!(
+        seen.secret, "",
+        "a header named in Connection is hop-by-hop: {r}"
+    );
+    let start: u128 = seen.request_start.parse().expect("X-Request-Start in ms");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(start <= now && now - start < 60_000, "{r}");
+    // nginx's own response headers come back through the router.
+    let head = r.run.stdout.to_ascii_lowercase();
+    assert!(head.contains("\nx-dyno: nginx"), "{r}");
+    assert!(head.contains("\nserver: nginx"), "{r}");
+    let line = space.log_line(id);
+    for want in [
+        "method=GET",
+        "path=\"/hello?x=1\"",
+        "host=nginx-app.herokuapp.com",
+        "fwd=\"127.16.0.5\"",
+        "dyno=web.1",
+        "status=200",
+        "protocol=http",
+    ] {
+        assert!(line.contains(want), "no {want} in {line}");
+    }
+
+    // Without an id of its own, the request gets a new UUID, the same in the log and at nginx;
+    // a client's X-Forwarded-For is kept and the source appended.
+    let r = curl(
+        SPACE,
+        &[
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            "-H",
+            "X-Forwarded-For: 203.0.113.7",
+            &url,
+        ],
+    );
+    r.expect(200, "1.1");
+    let seen = Echo::parse(&r);
+    assert_eq!(seen.forwarded_for, format!("203.0.113.7, {SPACE}"), "{r}");
+    assert!(is_uuid(&seen.request_id), "{r}");
+    space.log_line(&seen.request_id);
+
+    // Two requests on one curl command line share the kept-alive connection.
+    let r = curl(
+        SPACE,
+        &[
+            "-v",
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            &url,
+            "-o",
+            "/dev/null",
+            &url,
+        ],
+    );
+    r.expect(200, "1.1");
+    assert!(
+        r.run.stderr.contains("Re-using existing connection"),
+        "no keep-alive: {r}"
+    );
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_reaches_what_its_source_may_resolve_and_gets_404_otherwise() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let get = |from: &str, host: &str| {
+        curl(
+            from,
+            &[
+                "--resolve",
+                &resolve(host, http),
+                &format!("http://{host}:{http}/"),
+            ],
+        )
+    };
+    // A peer without an allow list reaches the internal app, also by its custom domain.
+    for host in [NGINX_APP, CUSTOM_DOMAIN] {
+        let r = get(PROD_VPC, host);
+        r.expect(200, "1.1");
+        assert_eq!(Echo::parse(&r).forwarded_for, PROD_VPC, "{r}");
+    }
+    // The public: the internal app does not exist for it, the standard app does.
+    let before = nginx.requests();
+    for host in [NGINX_APP, CUSTOM_DOMAIN, "unknown-app.herokuapp.com"] {
+        let r = get(PUBLIC, host);
+        r.expect(404, "1.1");
+        assert!(r.body.contains("No such app"), "{r}");
+    }
+    assert_eq!(nginx.requests(), before, "a 404 never reaches the dyno");
+    let r = get(PUBLIC, PUBLIC_APP);
+    r.expect(200, "1.1");
+    assert_eq!(Echo::parse(&r).forwarded_for, PUBLIC, "{r}");
+    assert_eq!(space.server.count("status=404"), 3);
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_downloads_a_large_file_from_nginx_byte_exact() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let url = format!("http://{NGINX_APP}:{http}/files/large.bin");
+    let downloads = tempfile::tempdir().unwrap();
+    let out = downloads.path().join("download.bin");
+    let r = curl(
+        SPACE,
+        &[
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            "-o",
+            path_str(&out),
+            &url,
+        ],
+    );
+    r.expect(200, "1.1");
+    assert_eq!(r.size_download, LARGE_FILE as u64, "{r}");
+    assert_same_file(&out, &nginx.file);
+    let line = space.log_line(&format!("bytes={LARGE_FILE}"));
+    assert!(line.contains("path=\"/files/large.bin\" "), "{line}");
+
+    // A range comes from nginx as 206 with just those bytes.
+    let r = curl(
+        SPACE,
+        &[
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            "-r",
+            "1000000-1000999",
+            &url,
+        ],
+    );
+    r.expect(206, "1.1");
+    let original = std::fs::read(&nginx.file).unwrap();
+    assert!(
+        r.bytes == original[1_000_000..1_001_000],
+        "range body differs:\n{r}"
+    );
+    // HEAD: nginx's Content-Length comes through, no body.
+    let r = curl(SPACE, &["--resolve", &resolve(NGINX_APP, http), "-I", &url]);
+    r.expect(200, "1.1");
+    assert!(
+        (r.body.to_ascii_lowercase()).contains(&format!("content-length: {LARGE_FILE}")),
+        "{r}"
+    );
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_with_http2_prior_knowledge_goes_through_to_nginx() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let h2 = "--http2-prior-knowledge";
+    let r = curl(
+        SPACE,
+        &[
+            h2,
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            &format!("http://{NGINX_APP}:{http}/h2"),
+        ],
+    );
+    r.expect(200, "2");
+    let seen = Echo::parse(&r);
+    assert_eq!(seen.forwarded_for, SPACE, "{r}");
+    assert_eq!(seen.proto, "http", "{r}");
+    assert_eq!(seen.via, "1.1 spaceroute", "{r}");
+    // The dyno speaks HTTP/1.1: :authority became its Host.
+    assert_eq!(seen.host, format!("{NGINX_APP}:{http}"), "{r}");
+    assert!(is_uuid(&seen.request_id), "{r}");
+    // The public gets the same 404 over HTTP/2.
+    let r = curl(
+        PUBLIC,
+        &[
+            h2,
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            &format!("http://{NGINX_APP}:{http}/"),
+        ],
+    );
+    r.expect(404, "2");
+    // A large file over HTTP/2 arrives whole.
+    let downloads = tempfile::tempdir().unwrap();
+    let out = downloads.path().join("download-h2.bin");
+    let r = curl(
+        SPACE,
+        &[
+            h2,
+            "--resolve",
+            &resolve(NGINX_APP, http),
+            "-o",
+            path_str(&out),
+            &format!("http://{NGINX_APP}:{http}/files/large.bin"),
+        ],
+    );
+    r.expect(200, "2");
+    assert_same_file(&out, &nginx.file);
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_over_https_gets_the_app_certificate_by_sni_and_h2_by_alpn() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, true);
+    let https = space.server.https.expect("https address");
+    let dir = space.dir.path();
+    let app_ca = dir.join("app-ca.pem");
+    let default_ca = dir.join("default-ca.pem");
+    let fetch = |from: &str, host: &str, ca: &Path, extra: &[&str]| {
+        let pin = format!("{host}:{}:127.0.0.1", https.port());
+        let url = format!("https://{host}:{}/tls", https.port());
+        let mut args = vec!["-v", "--cacert", path_str(ca), "--resolve", &pin];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(from, &args)
+    };
+
+    // The custom domain: the app's certificate, which only the app's CA validates.
+    let r = fetch(SPACE, CUSTOM_DOMAIN, &app_ca, &["--http2"]);
+    r.expect(200, "2");
+    assert_eq!(r.ssl_verify_result, 0, "{r}");
+    assert!(r.run.stderr.contains("issuer: CN=interop app ca"), "{r}");
+    assert!(r.run.stderr.contains("ALPN: server accepted h2"), "{r}");
+    let seen = Echo::parse(&r);
+    assert_eq!(seen.proto, "https", "{r}");
+    assert_eq!(seen.port, https.port().to_string(), "{r}");
+    assert_eq!(seen.forwarded_for, SPACE, "{r}");
+    let line = space.log_line(&format!("request_id={} ", seen.request_id));
+    assert!(line.contains("protocol=https"), "{line}");
+    let r = fetch(SPACE, CUSTOM_DOMAIN, &app_ca, &["--http1.1"]);
+    r.expect(200, "1.1");
+    assert!(
+        r.run.stderr.contains("ALPN: server accepted http/1.1"),
+        "{r}"
+    );
+    let r = fetch(SPACE, CUSTOM_DOMAIN, &default_ca, &[]);
+    r.expect_tls_failure();
+
+    // `<app>.herokuapp.com`: the default certificate.
+    let r = fetch(SPACE, NGINX_APP, &default_ca, &["--http2"]);
+    r.expect(200, "2");
+    assert_eq!(r.ssl_verify_result, 0, "{r}");
+    assert!(
+        r.run.stderr.contains("issuer: CN=interop default ca"),
+        "{r}"
+    );
+    fetch(SPACE, NGINX_APP, &app_ca, &[]).expect_tls_failure();
+
+    // The public asking for the internal app's domain gets the default certificate (which does
+    // not name it), never the app's, and then the 404 of an unknown host.
+    fetch(PUBLIC, CUSTOM_DOMAIN, &app_ca, &[]).expect_tls_failure();
+    let r = fetch(PUBLIC, CUSTOM_DOMAIN, &default_ca, &["--insecure"]);
+    r.expect(404, "2");
+    assert!(
+        r.run.stderr.contains("issuer: CN=interop default ca"),
+        "{r}"
+    );
+    // ... and the standard app over TLS.
+    let r = fetch(PUBLIC, PUBLIC_APP, &default_ca, &[]);
+    r.expect(200, "2");
+    assert_eq!(Echo::parse(&r).proto, "https", "{r}");
+
+    // Many requests multiplexed on one HTTP/2 connection: curl --parallel waits for the first
+    // connection to say it multiplexes and puts every transfer on it.
+    let url = format!("https://{CUSTOM_DOMAIN}:{}/parallel", https.port());
+    let pin = format!("{CUSTOM_DOMAIN}:{}:127.0.0.1", https.port());
+    let mut args = vec!["-v", "--cacert", path_str(&app_ca), "--resolve", &pin];
+    args.extend(["--parallel", "--parallel-max", "8", "--http2"]);
+    args.extend(std::iter::repeat_n(url.as_str(), 8));
+    let r = curl(SPACE, &args);
+    r.expect(200, "2");
+    let ids: std::collections::HashSet<&str> = (r.body.lines())
+        .filter(|l| l.ends_with("|/parallel"))
+        .filter_map(|l| l.split('|').nth(1))
+        .collect();
+    assert_eq!(ids.len(), 8, "eight requests, each with its own id: {r}");
+    assert_eq!(
+        r.run.stderr.matches("* Connected to ").count(),
+        1,
+        "one connection: {r}"
+    );
+    assert!(r.run.stderr.contains("Multiplexed connection found"), "{r}");
+}
+
+#[test]
+#[ignore = "needs wrk and nginx"]
+fn wrk_through_the_router_to_nginx_gets_only_successes() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    // wrk connects from 127.0.0.1, which the space trusts as its office peer.
+    let r = peer::run(
+        Command::new("wrk")
+            .args(["-t1", "-c8", "-d2s", "--latency", "--timeout", "5s"])
+            .args(["-H", &format!("Host: {NGINX_APP}")])
+            .arg(format!("http://127.0.0.1:{http}/wrk")),
+        Duration::from_secs(30),
+    );
+    assert!(r.success, "{r}");
+    let requests: u64 = (r.stdout.lines())
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count:\n{r}"));
+    assert!(requests > 0, "{r}");
+    assert!(!r.stdout.contains("Non-2xx or 3xx responses"), "{r}");
+    assert!(!r.stdout.contains("Socket errors"), "{r}");
+    let rate = (r.stdout.lines())
+        .find(|l| l.starts_with("Requests/sec"))
+        .unwrap_or_else(|| panic!("no Requests/sec:\n{r}"));
+    println!("wrk via spaceroute to nginx: {requests} requests; {rate}");
+    // Every completed request went through nginx and has its log line at the router.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (space.server.count("status=200") as u64) < requests {
+        assert!(
+            Instant::now() < deadline,
+            "{} status=200 lines for {requests} requests",
+            space.server.count("status=200")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(nginx.requests() as u64 >= requests);
+    assert_eq!(space.server.count("status=5"), 0, "no router errors");
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_uploads_a_large_file_to_nginx_byte_exact() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let resolved = resolve(NGINX_APP, http);
+    let source = path_str(&nginx.file);
+    // curl asks for 100-continue before a large body; chunked has no length up front; HTTP/2
+    // comes in as DATA frames and goes to nginx as HTTP/1.1.
+    for (name, option, version) in [
+        ("expect.bin", None, "1.1"),
+        ("chunked.bin", Some("Transfer-Encoding: chunked"), "1.1"),
+        ("h2.bin", None, "2"),
+    ] {
+        let url = format!("http://{NGINX_APP}:{http}/uploads/{name}");
+        let mut args = vec!["-v", "--resolve", &resolved, "-T", source];
+        if let Some(header) = option {
+            args.extend(["-H", header]);
+        }
+        if version == "2" {
+            args.push("--http2-prior-knowledge");
+        }
+        args.push(&url);
+        let r = curl(SPACE, &args);
+        r.expect(201, version);
+        if name == "expect.bin" {
+            assert!(r.run.stderr.contains("> Expect: 100-continue"), "{r}");
+            assert!(r.run.stderr.contains("< HTTP/1.1 100 Continue"), "{r}");
+        }
+        let stored = nginx.dir.path().join("www/uploads").join(name);
+        assert_same_file(&stored, &nginx.file);
+        let line = space.log_line(&format!("path=\"/uploads/{name}\""));
+        assert!(
+            line.contains("method=PUT") && line.contains("status=201"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs curl and nginx"]
+fn curl_gets_responses_without_a_body_logged_as_served_on_a_kept_dyno_connection() {
+    let nginx = Nginx::start();
+    let space = RouterSpace::start(&nginx, false);
+    let http = space.port();
+    let resolved = resolve(NGINX_APP, http);
+    let base = format!("http://{NGINX_APP}:{http}");
+    let file = format!("{base}/files/large.bin");
+    // The file's ETag, from a GET with a body (which is logged and pooled as it should be).
+    let r = curl(
+        SPACE,
+        &["--resolve", &resolved, "-D", "-", "-o", "/dev/null", &file],
+    );
+    r.expect(200, "1.1");
+    let etag = (r.body.lines())
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("etag: ")
+                .map(String::from)
+        })
+        .unwrap_or_else(|| panic!("no etag:\n{r}"));
+    let if_none_match = format!("If-None-Match: {}", etag.trim());
+    let cases: [(&str, &str, &[&str], u16); 4] = [
+        ("GET", "/empty", &[], 204),
+        ("GET", "/zero", &[], 200),
+        ("HEAD", "/files/large.bin", &["-I"], 200),
+        ("GET", "/files/large.bin", &["-H", &if_none_match], 304),
+    ];
+    let mut problems = Vec::new();
+    for (case, (method, path, options, status)) in cases.into_iter().enumerate() {
+        // Twice: the second request should find the first one's dyno connection in the pool.
+        for round in 0..2 {
+            let id = format!("interop-empty-{case}-{round}-0123456789");
+            let header = format!("X-Request-Id: {id}");
+            let url = format!("{base}{path}");
+            let mut args = vec!["--resolve", &resolved, "-H", &header];
+            args.extend_from_slice(options);
+            args.push(&url);
+            let r = curl(SPACE, &args);
+            r.expect(status, "1.1");
+            let line = space.log_line(&format!("request_id={id} "));
+            if !line.contains("at=info") || line.contains("code=H27") {
+                problems.push(format!("{method} {path} ({status}) logged as: {line}"));
+            }
+        }
+        let used = nginx.connections_of(method, path);
+        let last_two = &used[used.len() - 2..];
+        if last_two[0] != last_two[1] {
+            problems.push(format!(
+                "{method} {path} ({status}) twice: nginx saw connections {last_two:?}, not one \
+                 kept-alive connection"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A router space in a temporary directory, served by the binary. With `tls`, the directory
+/// also holds the certificates: `app-ca.pem` issued the app's `app.pem` for the custom domain,
+/// `default-ca.pem` the default `default.pem` for `*.herokuapp.com`.
+struct RouterSpace {
+    server: Binary,
+    dir: tempfile::TempDir,
+}
+
+impl RouterSpace {
+    fn start(nginx: &Nginx, tls: bool) -> RouterSpace {
+        let dir = tempfile::tempdir().unwrap();
+        let dyno = format!(
+            "    dynos:\n      - {{name: web.1, ip: {}, port: {}}}\n      - {{name: worker.1, ip: {}}}\n",
+            nginx.addr.ip(),
+            nginx.addr.port(),
+            nginx.addr.ip(),
+        );
+        let app_tls = if tls {
+            "    tls: {cert: app.pem, key: app.key}\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "space: routed\n\
+             network: 127.16.0.0/16\n\
+             peers:\n\
+             \x20 - name: prod-vpc\n\
+             \x20   cidrs: [127.31.0.0/16]\n\
+             \x20 - name: office\n\
+             \x20   cidrs: [127.0.0.0/24]\n\
+             router:\n\
+             \x20 private: [127.16.0.10]\n\
+             \x20 public: [127.100.0.10]\n\
+             apps:\n\
+             \x20 - name: nginx-app\n\
+             \x20   domains: [{CUSTOM_DOMAIN}]\n\
+             {app_tls}{dyno}\
+             \x20 - name: public-app\n\
+             \x20   internal_routing: false\n\
+             {dyno}"
+        );
+        std::fs::write(dir.path().join("routed.yaml"), yaml).unwrap();
+        let server = if tls {
+            write_certificates(dir.path());
+            let (cert, key) = (
+                dir.path().join("default.pem"),
+                dir.path().join("default.key"),
+            );
+            Binary::start_with(
+                dir.path(),
+                &[
+                    "--https",
+                    "127.0.0.1:0",
+                    "--tls-cert",
+                    path_str(&cert),
+                    "--tls-key",
+                    path_str(&key),
+                ],
+            )
+        } else {
+            Binary::start_with(dir.path(), &[])
+        };
+        RouterSpace { server, dir }
+    }
+
+    /// The router's HTTP port.
+    fn port(&self) -> u16 {
+        self.server.http.expect("http address").port()
+    }
+
+    /// Waits up to 10 s for the router's log line containing `needle`.
+    fn log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = (self.server.logs().into_iter())
+                .find(|l| l.contains("spaceroute::router") && l.contains(needle));
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no router log line with {needle:?}:\n{}",
+                self.server.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Writes two CAs and a leaf of each: `app-ca.pem` issues `app.pem`/`app.key` for the custom
+/// domain, `default-ca.pem` issues `default.pem`/`default.key` for `*.herokuapp.com`. Each CA
+/// validates only its own leaf, so which one curl accepts shows which certificate it got.
+fn write_certificates(dir: &Path) {
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    for (label, leaf_name, file) in [
+        ("app", CUSTOM_DOMAIN, "app"),
+        ("default", "*.herokuapp.com", "default"),
+    ] {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (ca_params.distinguished_name)
+            .push(rcgen::DnType::CommonName, format!("interop {label} ca"));
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![leaf_name.to_string()]).unwrap();
+        (params.distinguished_name).push(rcgen::DnType::CommonName, leaf_name);
+        let leaf = params.signed_by(&key, &*ca).unwrap();
+        write(&format!("{label}-ca.pem"), ca.pem());
+        write(&format!("{file}.pem"), leaf.pem());
+        write(&format!("{file}.key"), key.serialize_pem());
+    }
+}
+
+/// An nginx run by the test in the foreground on 127.16.1.x and a free port, everything in a
+/// temporary directory; dropping it stops it (and its worker).
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    /// The generated file served at `/files/large.bin`.
+    file: PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let ip = Ipv4Addr::new(127, 16, 1, 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100);
+        let addr = {
+            let probe = TcpListener::bind((ip, 0)).expect("bind on loopback");
+            probe.local_addr().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("www/files");
+        std::fs::create_dir_all(&files).unwrap();
+        let file = files.join("large.bin");
+        std::fs::write(&file, pseudo_random(LARGE_FILE)).unwrap();
+        std::fs::create_dir_all(dir.path().join("www/uploads")).unwrap();
+        // nginx started by root runs its worker as nobody, who may not reach a private
+        // temporary directory: keep the worker as the user we are (root, as our files show).
+        use std::os::unix::fs::MetadataExt;
+        let user = if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+            "user root;\n"
+        } else {
+            ""
+        };
+        let d = dir.path().display();
+        // /files/ serves the generated file, /uploads/ takes PUTs, /empty and /zero answer
+        // without a body (204; 200 with Content-Length: 0), and every other path answers with
+        // the headers the dyno saw, `|`-separated. The access log has the connection number.
+        let conf = format!(
+            "{user}worker_processes 1;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n\
+             \x20 log_format interop '$connection $request_method $request_uri $status';\n\
+             \x20 access_log {d}/access.log interop;\n\
+             \x20 client_body_temp_path {d}/client_body;\n\
+             \x20 proxy_temp_path {d}/proxy;\n\
+             \x20 fastcgi_temp_path {d}/fastcgi;\n\
+             \x20 uwsgi_temp_path {d}/uwsgi;\n\
+             \x20 scgi_temp_path {d}/scgi;\n\
+             \x20 default_type application/octet-stream;\n\
+             \x20 keepalive_requests 1000000;\n\
+             \x20 server {{\n\
+             \x20   listen {addr};\n\
+             \x20   location /files/ {{ root {d}/www; }}\n\
+             \x20   location /uploads/ {{\n\
+             \x20     root {d}/www;\n\
+             \x20     dav_methods PUT;\n\
+             \x20     client_max_body_size 0;\n\
+             \x20   }}\n\
+             \x20   location = /empty {{ return 204; }}\n\
+             \x20   location = /zero {{ return 200 \"\"; }}\n\
+             \x20   location / {{\n\
+             \x20     default_type text/plain;\n\
+             \x20     add_header X-Dyno nginx always;\n\
+             \x20     return 200 \"$http_x_forwarded_for|$http_x_request_id|$http_via|\
+             $http_x_forwarded_proto|$http_x_forwarded_port|$http_host|$http_x_request_start|\
+             $http_x_secret|$request_uri\\n\";\n\
+             \x20   }}\n\
+             \x20 }}\n\
+             }}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx {
+            child,
+            addr,
+            dir,
+            file,
+        };
+        nginx.wait_until_listening(Duration::from_secs(20));
+        nginx
+    }
+
+    fn wait_until_listening(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("nginx exited with {status}:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {} within {limit:?}:\n{}",
+                self.addr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many requests nginx has logged.
+    fn requests(&self) -> usize {
+        self.access_log().len()
+    }
+
+    /// The access log: connection number, method, URI and status of each request.
+    fn access_log(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines().map(String::from).collect()
+    }
+
+    /// The nginx connection numbers of the `method` requests for `uri`, in order.
+    fn connections_of(&self, method: &str, uri: &str) -> Vec<u64> {
+        (self.access_log().iter())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(1) == Some(&method) && f.get(2) == Some(&uri)).then(|| f[0].parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name));
+        format!(
+            "{}{}",
+            read("stderr.log").unwrap_or_default(),
+            read("error.log").unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker and exits; SIGKILL would orphan the worker.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the echo location of nginx saw, from the body it answered.
+struct Echo {
+    forwarded_for: String,
+    request_id: String,
+    via: String,
+    proto: String,
+    port: String,
+    host: String,
+    request_start: String,
+    secret: String,
+    uri: String,
+}
+
+impl Echo {
+    fn parse(r: &Fetched) -> Echo {
+        let line = (r.body.lines())
+            .rfind(|l| l.matches('|').count() == 8)
+            .unwrap_or_else(|| panic!("no echo line:\n{r}"));
+        let f: Vec<String> = line.split('|').map(String::from).collect();
+        Echo {
+            forwarded_for: f[0].clone(),
+            request_id: f[1].clone(),
+            via: f[2].clone(),
+            proto: f[3].clone(),
+            port: f[4].clone(),
+            host: f[5].clone(),
+            request_start: f[6].clone(),
+            secret: f[7].clone(),
+            uri: f[8].clone(),
+        }
+    }
+}
+
+/// One curl run: the body and what `--write-out` reported.
+struct Fetched {
+    status: u16,
+    http_version: String,
+    ssl_verify_result: i64,
+    size_download: u64,
+    /// The body (with `-D -` or `-I`, the head first), as bytes and as lossy text.
+    bytes: Vec<u8>,
+    body: String,
+    run: peer::Run,
+}
+
+/// The marker before curl's `--write-out` fields, after the body.
+const WRITE_OUT: &str = "\n@@curl@@ ";
+
+/// Runs curl from the source address `from` with `args`; fails unless curl exits 0 or with a
+/// TLS verification error (60), which [`Fetched::expect_tls_failure`] checks.
+fn curl(from: &str, args: &[&str]) -> Fetched {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "30"])
+        .args(["--interface", from])
+        .args([
+            "--write-out",
+            &format!(
+                "{}%{{http_code}} %{{http_version}} %{{ssl_verify_result}} %{{size_download}}",
+                WRITE_OUT.replace('\n', "\\n")
+            ),
+        ])
+        .args(args);
+    // Read stdout as bytes: a range of the binary file is not UTF-8.
+    let line = format!("{command:?}");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{line}: {e}"));
+    let stdout = output.stdout;
+    let at = (stdout.windows(WRITE_OUT.len()))
+        .rposition(|w| w == WRITE_OUT.as_bytes())
+        .unwrap_or(stdout.len());
+    let tail = String::from_utf8_lossy(&stdout[(at + WRITE_OUT.len()).min(stdout.len())..]);
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    let bytes = stdout[..at].to_vec();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    let run = peer::Run {
+        success: output.status.success(),
+        stdout: if body.len() > 4096 {
+            format!("({} bytes)\n{tail}\n", bytes.len())
+        } else {
+            format!("{body}{WRITE_OUT}{tail}\n")
+        },
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        command: line,
+    };
+    Fetched {
+        status: fields.first().and_then(|s| s.parse().ok()).unwrap_or(0),
+        http_version: fields.get(1).map_or(String::new(), |s| s.to_string()),
+        ssl_verify_result: fields.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1),
+        size_download: fields.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+        bytes,
+        body,
+        run,
+    }
+}
+
+impl Fetched {
+    /// Asserts that curl succeeded with `status` over HTTP `version` (`1.1`, `2`).
+    fn expect(&self, status: u16, version: &str) {
+        assert!(self.run.success, "curl failed:\n{self}");
+        assert_eq!(
+            (self.status, self.http_version.as_str()),
+            (status, version),
+            "{self}"
+        );
+    }
+
+    /// Asserts that curl refused the server's certificate.
+    fn expect_tls_failure(&self) {
+        assert!(!self.run.success, "curl accepted the certificate:\n{self}");
+        assert!(
+            self.run.stderr.contains("curl: (60)"),
+            "not a certificate failure:\n{self}"
+        );
+        assert_eq!(self.status, 0, "{self}");
+    }
+}
+
+impl std::fmt::Display for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.run.fmt(f)
+    }
+}
+
+/// curl's `--resolve` value sending `host:port` to the router on 127.0.0.1.
+fn resolve(host: &str, port: u16) -> String {
+    format!("{host}:{port}:127.0.0.1")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<usize> = s.split('-').map(str::len).collect();
+    parts == [8, 4, 4, 4, 12] && s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit())
+}
+
+/// `len` bytes of xorshift noise: no repeating pattern that a lost or doubled block could hide in.
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Asserts that `got` has the bytes of `want`.
+fn assert_same_file(got: &Path, want: &Path) {
+    let (got_bytes, want_bytes) = (std::fs::read(got).unwrap(), std::fs::read(want).unwrap());
+    assert_eq!(
+        got_bytes.len(),
+        want_bytes.len(),
+        "size of {}",
+        got.display()
+    );
+    if let Some(i) = (got_bytes.iter().zip(&want_bytes)).position(|(a, b)| a != b) {
+        panic!(
+            "{} differs from {} at byte {i}",
+            got.display(),
+            want.display()
+        );
+    }
 }

@@ -193,7 +193,9 @@ pub fn parse_space(path: &Path, text: &str) -> Result<(SpaceFile, Positions), Di
         // An error at the very end of a file without a final newline is reported one line past
         // it; point at the last line instead.
         let last = text.lines().count().max(1);
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line().min(last), l.column()));
+        let (line, column) = e
+            .location()
+            .map_or((1, 1), |l| (l.line().min(last), l.column()));
         // serde_yaml appends " at line N column M" to its message; the position is ours to print.
         let message = e.to_string();
         let message = match message.find(" at line ") {

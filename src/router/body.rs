@@ -102,12 +102,21 @@ pub enum Outcome {
 
 impl<B, F: FnOnce(u64, Outcome)> Tail<B, F> {
     /// Wraps `inner`; `done` runs exactly once.
-    pub fn new(inner: B, done: F) -> Tail<B, F> {
-        Tail {
+    /// A body already at its end (HEAD, 204, 304, `Content-Length: 0`) is complete at once:
+    /// hyper never polls it, it only drops it.
+    pub fn new(inner: B, done: F) -> Tail<B, F>
+    where
+        B: Body,
+    {
+        let mut tail = Tail {
             inner: Box::pin(inner),
             bytes: 0,
             done: Some(done),
+        };
+        if tail.inner.is_end_stream() {
+            tail.finish(Outcome::Complete);
         }
+        tail
     }
 
     fn finish(&mut self, outcome: Outcome) {

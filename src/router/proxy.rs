@@ -379,7 +379,13 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && headers.contains_key(header::UPGRADE)
+    // Only WebSocket passes through; an `Upgrade: h2c` (or anything else) is a hop-by-hop
+    // header like any other, and the request goes to the dyno as plain HTTP/1.1.
+    let websocket = (headers.get_all(header::UPGRADE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+    connection_upgrade && websocket
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` and `Connection: upgrade`
@@ -515,6 +521,23 @@ mod tests {
             check_framing(&req(&[("x-long", &long)])),
             Err(RouterError::TOO_LARGE)
         );
+    }
+
+    #[test]
+    fn only_websocket_upgrades_pass_through() {
+        let ws = req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert!(is_upgrade(ws.headers()));
+        let h2c = req(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(!is_upgrade(h2c.headers()));
+        let mut headers = h2c.headers().clone();
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.is_empty(), "{headers:?}");
     }
 
     #[test]

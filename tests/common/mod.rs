@@ -227,6 +227,11 @@ pub struct Binary {
     child: std::process::Child,
     /// Where it serves DNS (UDP and TCP).
     pub dns: SocketAddr,
+    /// Where its router serves HTTP: set by [`Binary::start_with`], `None` after
+    /// [`Binary::start`] (which does not wait for the router).
+    pub http: Option<SocketAddr>,
+    /// Where its router serves HTTPS: set by [`Binary::start_with`] when given `--https`.
+    pub https: Option<SocketAddr>,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -269,6 +274,82 @@ impl Binary {
         Binary {
             child,
             dns: addr.parse().unwrap(),
+            http: None,
+            https: None,
+            lines,
+        }
+    }
+
+    /// Starts the binary on `zones` like [`Binary::start`] (DNS and HTTP on 127.0.0.1:0) with
+    /// `extra` arguments after those, e.g. `--https 127.0.0.1:0 --tls-cert PEM --tls-key PEM`;
+    /// waits for its `listening dns`, `listening http=` and (when `extra` has `--https`)
+    /// `listening https=` lines. With several addresses of a kind, the first one logged is kept.
+    pub fn start_with(zones: &Path, extra: &[&str]) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute"))
+            .args([
+                "serve",
+                "--dns",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--zones",
+            ])
+            .arg(zones)
+            .args(extra)
+            .env("SPACEROUTE_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn spaceroute");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                for (kind, marker) in [
+                    ("dns", "listening dns udp="),
+                    ("http", "listening http="),
+                    ("https", "listening https="),
+                ] {
+                    if let Some(at) = line.split(marker).nth(1) {
+                        let addr = at.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send((kind, addr));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let want_https = extra.contains(&"--https");
+        let (mut dns, mut http, mut https) = (None, None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while dns.is_none() || http.is_none() || (want_https && https.is_none()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok((kind, addr)) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "spaceroute did not print its addresses (dns {dns:?}, http {http:?}, \
+                     https {https:?}):\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            };
+            let addr: SocketAddr = addr.parse().expect("a listening address");
+            let slot = match kind {
+                "dns" => &mut dns,
+                "http" => &mut http,
+                _ => &mut https,
+            };
+            slot.get_or_insert(addr);
+        }
+        Binary {
+            child,
+            dns: dns.unwrap(),
+            http,
+            https,
             lines,
         }
     }
