@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -64,7 +65,12 @@ pub struct Router {
     snapshot: Arc<ArcSwap<Snapshot>>,
     upstreams: Upstreams,
     timeouts: Timeouts,
+    connections: Arc<Semaphore>,
 }
+
+/// The most client connections open at once; more are closed as they are accepted, so a flood
+/// of idle connections cannot exhaust file descriptors.
+const MAX_CONNECTIONS: usize = 16_384;
 
 impl Router {
     /// A router over `snapshot` with `timeouts`.
@@ -73,6 +79,7 @@ impl Router {
             snapshot,
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 }
@@ -140,6 +147,10 @@ async fn accept(
             },
             () = shutdown.cancelled() => return,
         };
+        let Ok(permit) = router.connections.clone().try_acquire_owned() else {
+            debug!(%peer, "router connection limit reached, closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let downstream = Downstream {
             peer,
@@ -176,6 +187,7 @@ async fn accept(
             if let Err(e) = served {
                 debug!(%peer, error = %e, "{protocol} connection ended");
             }
+            drop(permit);
         });
     }
 }
