@@ -111,6 +111,7 @@ pub async fn handle(
     // closed by the dyno in the meantime; anything else could have had effects.
     let retryable = matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream();
     let mut body = Some(Idle::new(body, router.timeouts.idle).boxed_unsync());
+    let mut retried = false;
     let (addr, sender, mut response) = loop {
         let Some((addr, mut sender, reused)) = connect(&router, app, &mut record, upgrade).await
         else {
@@ -151,7 +152,10 @@ pub async fn handle(
                 let error = match *sent.borrow() {
                     Some(Sent::Idle) => RouterError::CLIENT_IDLE,
                     Some(Sent::Failed) => RouterError::CLIENT_GONE,
-                    _ if reused && retryable => continue,
+                    _ if reused && retryable && !retried => {
+                        retried = true;
+                        continue;
+                    }
                     _ => RouterError::CLOSED,
                 };
                 return Ok(pending.fail(error, &mut record));
