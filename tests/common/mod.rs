@@ -227,8 +227,7 @@ pub struct Binary {
     child: std::process::Child,
     /// Where it serves DNS (UDP and TCP).
     pub dns: SocketAddr,
-    /// Where its router serves HTTP: set by [`Binary::start_with`], `None` after
-    /// [`Binary::start`] (which does not wait for the router).
+    /// Where its router serves HTTP.
     pub http: Option<SocketAddr>,
     /// Where its router serves HTTPS: set by [`Binary::start_with`] when given `--https`.
     pub https: Option<SocketAddr>,
@@ -236,48 +235,9 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts the binary on `zones` and waits for its `listening dns` line.
+    /// Starts the binary on `zones` (DNS and HTTP on 127.0.0.1:0) and waits until it listens.
     pub fn start(zones: &Path) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute"))
-            .args([
-                "serve",
-                "--dns",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--zones",
-            ])
-            .arg(zones)
-            .env("SPACEROUTE_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn spaceroute");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(at) = line.split("listening dns udp=").nth(1) {
-                    let _ = tx.send(at.split_whitespace().next().unwrap_or("").to_string());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("spaceroute prints its dns address");
-        Binary {
-            child,
-            dns: addr.parse().unwrap(),
-            http: None,
-            https: None,
-            lines,
-        }
+        Binary::start_with(zones, &[])
     }
 
     /// Starts the binary on `zones` like [`Binary::start`] (DNS and HTTP on 127.0.0.1:0) with
