@@ -1,7 +1,8 @@
 //! spaceroute: a split-horizon authoritative DNS server and HTTP router for private spaces.
 //!
 //! Data flows one way: `config` (load, validate) → `snapshot::compile` → an immutable
-//! [`snapshot::Snapshot`] behind one `ArcSwap` → `dns::server` (and, later, the router).
+//! [`snapshot::Snapshot`] behind one `ArcSwap` → `dns::server` and `router`; `reload` is the
+//! only writer of that `ArcSwap`, and `metrics` counts what the servers do.
 //! `access`, `snapshot` and `dns::answer` are pure: no sockets, no tokio, no clock, no logging;
 //! `tests/layering.rs` holds the modules to that.
 
@@ -11,6 +12,7 @@
 pub mod access;
 pub mod config;
 pub mod dns;
+pub mod metrics;
 pub mod reload;
 pub mod router;
 pub mod snapshot;

@@ -62,6 +62,9 @@ struct Serve {
     /// Private key (PEM) of --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Address for Prometheus metrics at /metrics (off unless given); repeat for several.
+    #[arg(long)]
+    metrics: Vec<SocketAddr>,
     /// Seconds a DNS TCP connection may idle between queries.
     #[arg(long, default_value_t = 10)]
     tcp_idle: u64,
@@ -215,6 +218,19 @@ async fn serve(args: Serve) -> ExitCode {
         }
     }
 
+    let mut metrics_listeners = Vec::new();
+    for addr in &args.metrics {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                if let Ok(at) = listener.local_addr() {
+                    info!("listening metrics={at}");
+                }
+                metrics_listeners.push(listener);
+            }
+            Err(e) => return fatal(format_args!("cannot listen for metrics on {addr}: {e}")),
+        }
+    }
+
     let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -236,15 +252,28 @@ async fn serve(args: Serve) -> ExitCode {
         tcp_max_connections: args.tcp_max_connections,
         ..Limits::default()
     };
+    let metrics = reloader.metrics();
     let dns = tokio::spawn(server::run(
         udp,
         tcp,
         reloader.snapshot(),
+        metrics.clone(),
         limits,
         shutdown.clone(),
     ));
-    let router = Arc::new(Router::new(reloader.snapshot(), Timeouts::default()));
+    let router = Arc::new(Router::new(
+        reloader.snapshot(),
+        Timeouts::default(),
+        metrics.clone(),
+    ));
     let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
+    for listener in metrics_listeners {
+        tokio::spawn(spaceroute::metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     loop {
         tokio::select! {
             _ = hup.recv() => {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Audience, Config, Diagnostic};
+use crate::metrics::Metrics;
 use crate::snapshot::{self, Snapshot, ZoneKey};
 
 /// Why a reload runs.
@@ -52,6 +53,7 @@ pub enum Reloaded {
 pub struct Reloader {
     dir: PathBuf,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -83,9 +85,12 @@ impl Reloader {
         for w in &snapshot.warnings {
             warn!("{w}");
         }
+        let metrics = Arc::new(Metrics::new());
+        metrics.reloaded(1, serials.last);
         Ok(Reloader {
             dir: dir.to_path_buf(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics,
             state: Mutex::new(State {
                 config,
                 prints,
@@ -99,6 +104,11 @@ impl Reloader {
     /// The shared snapshot the servers read.
     pub fn snapshot(&self) -> Arc<ArcSwap<Snapshot>> {
         self.snapshot.clone()
+    }
+
+    /// The process's metrics, which the reloader creates and counts reloads into.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The config now serving.
@@ -155,6 +165,7 @@ impl Reloader {
         state.prints = prints;
         state.serials = serials;
         state.generation += 1;
+        self.metrics.reloaded(state.generation, state.serials.last);
         info!(
             generation = state.generation,
             load_ms = ms(loaded),
@@ -172,6 +183,7 @@ impl Reloader {
 
     fn reject(&self, state: &mut State, diagnostics: Vec<Diagnostic>) -> Reloaded {
         state.failures += 1;
+        self.metrics.reload_failed();
         for d in &diagnostics {
             error!("{d}");
         }

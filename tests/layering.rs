@@ -11,13 +11,14 @@ const PURE: &str = "tokio hyper rustls notify std::time tracing log";
 /// (file or folder under src/, the path prefixes it must not name).
 #[rustfmt::skip]
 const RULES: &[(&str, &[&str])] = &[
-    ("config/", &["crate::access crate::snapshot crate::dns crate::router crate::reload", "tokio hyper rustls notify tracing", SOCKETS]),
+    ("config/", &["crate::access crate::snapshot crate::dns crate::router crate::reload crate::metrics", "tokio hyper rustls notify tracing", SOCKETS]),
     ("access.rs", &["crate super hickory_proto", PURE, SOCKETS]),
-    ("snapshot.rs", &["crate::dns crate::router crate::reload", "tokio hyper notify", SOCKETS]),
-    ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload", PURE, SOCKETS]),
+    ("snapshot.rs", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
+    ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/server.rs", &["crate::config crate::reload crate::router"]),
     ("router/", &["crate::config crate::dns crate::reload"]),
     ("reload.rs", &["crate::dns crate::router", SOCKETS]),
+    ("metrics.rs", &["crate::config crate::snapshot crate::dns crate::router crate::reload"]),
 ];
 
 /// Every path a source names outside comments and tests: `use` trees flattened, inline `a::b`.

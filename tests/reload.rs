@@ -356,6 +356,7 @@ async fn fifty_reloads_under_load_answer_every_query_consistently() {
         vec![udp_socket],
         vec![tcp],
         reloader.snapshot(),
+        reloader.metrics(),
         Limits::default(),
         shutdown.clone(),
     ));
@@ -423,4 +424,82 @@ async fn fifty_reloads_under_load_answer_every_query_consistently() {
     }
     assert_eq!(reloader.status().generation, 51);
     shutdown.cancel();
+}
+
+/// The `/metrics` text of a running binary.
+async fn scrape(b: &Binary) -> String {
+    let addr = b.metrics.expect("started with --metrics");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n";
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of the metric line that starts with `name ` (labels included in `name`).
+fn metric(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+}
+
+#[tokio::test]
+async fn metrics_count_reloads_failures_serials_and_queries() {
+    let dir = copy_dir(&fixture_dir());
+    let b = Binary::start_with(dir.path(), &["--metrics", "127.0.0.1:0"]);
+    let serial = serial(&b, SPACE, "herokuapp.com.").await;
+    let text = scrape(&b).await;
+    assert_eq!(
+        metric(&text, "spaceroute_reloads_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(&text, "spaceroute_reload_failures_total").as_deref(),
+        Some("0")
+    );
+    assert_eq!(metric(&text, "spaceroute_serial"), Some(serial.to_string()));
+    let refused = "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"5\"}";
+    assert_eq!(metric(&text, refused), None);
+
+    for _ in 0..3 {
+        ask(&b, PUBLIC, "internal-app.herokuapp.com.", RecordType::A).await;
+    }
+    edit(
+        &dir.path().join("alpha.yaml"),
+        "network: 127.16.0.0/16",
+        "network: bogus",
+    );
+    b.wait_for("last reload failed", 1).await;
+    let text = scrape(&b).await;
+    assert_eq!(metric(&text, refused).as_deref(), Some("3"));
+    assert_eq!(
+        metric(&text, "spaceroute_reload_failures_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(&text, "spaceroute_last_reload_failed").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(&text, "spaceroute_config_generation").as_deref(),
+        Some("1")
+    );
+
+    edit(
+        &dir.path().join("alpha.yaml"),
+        "network: bogus",
+        "network: 127.16.0.0/16",
+    );
+    b.wait_for("reloaded:", 1).await;
+    let text = scrape(&b).await;
+    assert_eq!(
+        metric(&text, "spaceroute_last_reload_failed").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric(&text, "spaceroute_config_generation").as_deref(),
+        Some("2")
+    );
 }

@@ -543,7 +543,7 @@ impl TestRouter {
             },
         ];
         let shutdown = CancellationToken::new();
-        let router = Arc::new(Router::new(snapshot, timeouts));
+        let router = Arc::new(Router::new(snapshot, timeouts, reloader.metrics()));
         let task = tokio::spawn(router::run(router, listeners, shutdown.clone()));
         TestRouter {
             http: http_addr,

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::dns::answer::{Answer, Transport, answer};
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
 /// Limits of the DNS server.
@@ -43,50 +44,52 @@ impl Default for Limits {
     }
 }
 
-/// Serves DNS on `udp` and `tcp` from the current snapshot until `shutdown` is cancelled, then
-/// waits for queries in flight to finish.
+/// What every loop of one DNS server shares.
+struct Server {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// Serves DNS on `udp` and `tcp` from the current snapshot, counting into `metrics`, until
+/// `shutdown` is cancelled, then waits for queries in flight to finish.
 pub async fn run(
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let server = Arc::new(Server {
+        snapshot,
+        metrics,
+        limits,
+        connections: Arc::new(Semaphore::new(limits.tcp_max_connections)),
+        shutdown,
+    });
     let tasks = TaskTracker::new();
     for socket in udp {
         let socket = Arc::new(socket);
         for _ in 0..limits.udp_workers.max(1) {
-            let (socket, snapshot, shutdown) = (socket.clone(), snapshot.clone(), shutdown.clone());
-            tasks.spawn(serve_udp(socket, snapshot, shutdown));
+            tasks.spawn(serve_udp(socket.clone(), server.clone()));
         }
     }
-    let connections = Arc::new(Semaphore::new(limits.tcp_max_connections));
     for listener in tcp {
-        let (snapshot, shutdown) = (snapshot.clone(), shutdown.clone());
-        let (connections, tracker) = (connections.clone(), tasks.clone());
-        tasks.spawn(accept_tcp(
-            listener,
-            snapshot,
-            limits,
-            connections,
-            tracker,
-            shutdown,
-        ));
+        tasks.spawn(accept_tcp(listener, server.clone(), tasks.clone()));
     }
     tasks.close();
     tasks.wait().await;
 }
 
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    shutdown: CancellationToken,
-) {
+async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>) {
     let mut buf = vec![0u8; 65_535];
     loop {
         let received = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
-            () = shutdown.cancelled() => return,
+            () = server.shutdown.cancelled() => return,
         };
         let (len, peer) = match received {
             Ok(r) => r,
@@ -96,8 +99,13 @@ async fn serve_udp(
                 continue;
             }
         };
-        let result = answer(&snapshot.load(), peer.ip(), Transport::Udp, &buf[..len]);
-        log(&result, peer, "udp");
+        let result = answer(
+            &server.snapshot.load(),
+            peer.ip(),
+            Transport::Udp,
+            &buf[..len],
+        );
+        record(&server.metrics, &result, peer, "udp");
         if let Some(reply) = result.reply
             && let Err(e) = socket.send_to(&reply, peer).await
         {
@@ -106,18 +114,11 @@ async fn serve_udp(
     }
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    limits: Limits,
-    connections: Arc<Semaphore>,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-) {
+async fn accept_tcp(listener: TcpListener, server: Arc<Server>, tasks: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = shutdown.cancelled() => return,
+            () = server.shutdown.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(r) => r,
@@ -128,13 +129,13 @@ async fn accept_tcp(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = server.connections.clone().try_acquire_owned() else {
             debug!(%peer, "tcp connection limit reached, closing");
             continue;
         };
-        let (snapshot, shutdown) = (snapshot.clone(), shutdown.clone());
+        let server = server.clone();
         tasks.spawn(async move {
-            if let Err(e) = serve_tcp(stream, peer, snapshot, limits.tcp_idle, shutdown).await {
+            if let Err(e) = serve_tcp(stream, peer, &server).await {
                 debug!(error = %e, %peer, "tcp connection ended");
             }
             drop(permit);
@@ -143,14 +144,9 @@ async fn accept_tcp(
 }
 
 /// Answers length-prefixed queries on one connection until the client closes it, it idles
-/// past `idle`, a read or write fails, or shutdown.
-async fn serve_tcp(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    idle: Duration,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
+/// past the idle limit, a read or write fails, or shutdown.
+async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> io::Result<()> {
+    let idle = server.limits.tcp_idle;
     let mut buf = vec![0u8; 65_535];
     loop {
         let len = tokio::select! {
@@ -160,12 +156,12 @@ async fn serve_tcp(
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(()),
             },
-            () = shutdown.cancelled() => return Ok(()),
+            () = server.shutdown.cancelled() => return Ok(()),
         };
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
-        let result = answer(&snapshot.load(), peer.ip(), Transport::Tcp, message);
-        log(&result, peer, "tcp");
+        let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
+        record(&server.metrics, &result, peer, "tcp");
         let Some(reply) = result.reply else { continue };
         let Ok(reply_len) = u16::try_from(reply.len()) else {
             continue;
@@ -177,7 +173,13 @@ async fn serve_tcp(
     }
 }
 
-fn log(result: &Answer, peer: SocketAddr, transport: &'static str) {
+/// Logs a query at debug level and counts it.
+fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: &'static str) {
+    let rcode = result
+        .reply
+        .as_ref()
+        .map(|_| u16::from(result.outcome.rcode));
+    metrics.dns_query(transport, rcode);
     let client: IpAddr = peer.ip();
     match &result.reply {
         None => debug!(%client, transport, "query dropped"),

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use proxy::Downstream;
 use upstream::Upstreams;
@@ -63,6 +64,7 @@ impl Default for Timeouts {
 /// What every request of the router shares.
 pub struct Router {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     upstreams: Upstreams,
     timeouts: Timeouts,
     connections: Arc<Semaphore>,
@@ -73,10 +75,15 @@ pub struct Router {
 const MAX_CONNECTIONS: usize = 16_384;
 
 impl Router {
-    /// A router over `snapshot` with `timeouts`.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, timeouts: Timeouts) -> Router {
+    /// A router over `snapshot` with `timeouts`, counting into `metrics`.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        timeouts: Timeouts,
+        metrics: Arc<Metrics>,
+    ) -> Router {
         Router {
             snapshot,
+            metrics,
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),

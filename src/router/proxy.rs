@@ -29,6 +29,7 @@ use super::Router;
 use super::body::{Idle, Outcome, Sent, Tail, Watched};
 use super::log::{Record, RouterError};
 use super::upstream::{ConnectError, ProxyBody};
+use crate::metrics::Metrics;
 use crate::snapshot::AppView;
 
 /// The longest request line and header line accepted, as on Heroku.
@@ -70,6 +71,7 @@ pub async fn handle(
     let mut pending = Pending {
         record: Some(record.clone()),
         started,
+        metrics: router.metrics.clone(),
     };
 
     if let Err(e) = check_framing(&req) {
@@ -171,7 +173,7 @@ pub async fn handle(
         }
         record.service = started.elapsed();
         pending.disarm();
-        info!(target: "spaceroute::router", "{record}");
+        served(&router.metrics, &record);
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(
             parts,
@@ -195,7 +197,7 @@ pub async fn handle(
                 Outcome::Failed => record.error = Some(RouterError::INTERRUPTED),
                 Outcome::Dropped => record.error = Some(RouterError::CLIENT_GONE),
             }
-            info!(target: "spaceroute::router", "{record}");
+            served(&pool.metrics, &record);
         },
     );
     Ok(Response::from_parts(parts, body.boxed_unsync()))
@@ -242,6 +244,7 @@ async fn connect(
 struct Pending {
     record: Option<Record>,
     started: Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl Pending {
@@ -253,7 +256,7 @@ impl Pending {
         let page = error_page(e, &record.request_id);
         record.bytes = page.len() as u64;
         record.service = self.started.elapsed();
-        info!(target: "spaceroute::router", "{record}");
+        served(&self.metrics, record);
         let mut response = Response::new(
             Full::new(Bytes::from(page))
                 .map_err(|e| match e {})
@@ -285,9 +288,15 @@ impl Drop for Pending {
             record.status = e.status;
             record.error = Some(e);
             record.service = self.started.elapsed();
-            info!(target: "spaceroute::router", "{record}");
+            served(&self.metrics, &record);
         }
     }
+}
+
+/// Writes the request's log line and counts it.
+fn served(metrics: &Metrics, record: &Record) {
+    info!(target: "spaceroute::router", "{record}");
+    metrics.http_request(record.status, record.error.map_or("", |e| e.code));
 }
 
 /// Copies bytes both ways between an upgraded client and dyno connection.

@@ -65,6 +65,7 @@ impl Server {
             vec![udp],
             vec![tcp],
             snapshot.clone(),
+            Default::default(),
             limits,
             shutdown.clone(),
         ));
@@ -231,6 +232,8 @@ pub struct Binary {
     pub http: Option<SocketAddr>,
     /// Where its router serves HTTPS: set by [`Binary::start_with`] when given `--https`.
     pub https: Option<SocketAddr>,
+    /// Where it serves `/metrics`: set by [`Binary::start_with`] when given `--metrics`.
+    pub metrics: Option<SocketAddr>,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -274,6 +277,7 @@ impl Binary {
                     ("dns", "listening dns udp="),
                     ("http", "listening http="),
                     ("https", "listening https="),
+                    ("metrics", "listening metrics="),
                 ] {
                     if let Some(at) = line.split(marker).nth(1) {
                         let addr = at.split_whitespace().next().unwrap_or("").to_string();
@@ -284,9 +288,14 @@ impl Binary {
             }
         });
         let want_https = extra.contains(&"--https");
-        let (mut dns, mut http, mut https) = (None, None, None);
+        let want_metrics = extra.contains(&"--metrics");
+        let (mut dns, mut http, mut https, mut metrics) = (None, None, None, None);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while dns.is_none() || http.is_none() || (want_https && https.is_none()) {
+        while dns.is_none()
+            || http.is_none()
+            || (want_https && https.is_none())
+            || (want_metrics && metrics.is_none())
+        {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let Ok((kind, addr)) = rx.recv_timeout(left) else {
                 let _ = child.kill();
@@ -301,7 +310,8 @@ impl Binary {
             let slot = match kind {
                 "dns" => &mut dns,
                 "http" => &mut http,
-                _ => &mut https,
+                "https" => &mut https,
+                _ => &mut metrics,
             };
             slot.get_or_insert(addr);
         }
@@ -310,6 +320,7 @@ impl Binary {
             dns: dns.unwrap(),
             http,
             https,
+            metrics,
             lines,
         }
     }
