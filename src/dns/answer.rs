@@ -227,11 +227,11 @@ struct Found {
 enum Step<'s> {
     /// We serve no zone for this name to this asker.
     Refused,
-    /// Records for the name; `follow` is a CNAME target to chase.
+    /// Records for the name, from `space`'s data; `follow` is a CNAME target to chase.
     Records {
         records: Vec<Record>,
         additionals: Vec<Record>,
-        zone: ZoneView<'s>,
+        space: usize,
         follow: Option<Name>,
     },
     /// The name exists but has no records of the type.
@@ -264,10 +264,10 @@ fn resolve(snapshot: &Snapshot, trusts: &Trusts, qname: &Name, qtype: RecordType
             Step::Records {
                 records,
                 additionals,
-                zone,
+                space,
                 follow,
             } => {
-                found.space.get_or_insert(zone.space);
+                found.space.get_or_insert(space);
                 found.answers.extend(records);
                 found.additionals.extend(additionals);
                 if let Some(target) = follow {
@@ -310,18 +310,21 @@ fn lookup<'s>(snapshot: &'s Snapshot, trusts: &Trusts, name: &Name, qtype: Recor
         && let Some(addresses) = snapshot.addresses(app, trusts)
     {
         let space = &snapshot.spaces[app.space];
-        let zone = snapshot.zone(&lower, trusts).unwrap_or(ZoneView {
-            apex: &space.domain,
-            kind: Apex::Domain,
-            space: app.space,
-        });
+        // The zone is looked up only when a negative answer needs its SOA.
+        let zone = || {
+            snapshot.zone(&lower, trusts).unwrap_or(ZoneView {
+                apex: &space.domain,
+                kind: Apex::Domain,
+                space: app.space,
+            })
+        };
         return match qtype {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                addresses_step(name, qtype, addresses, space.ttl, zone)
+                addresses_step(name, qtype, addresses, space.ttl, app.space, zone)
             }
             // Other types at a custom domain come from the zone it sits in (its apex SOA,
             // MX, TXT); the name exists, so a zone without it says NODATA, not NXDOMAIN.
-            _ => match in_zone(snapshot, zone, name, &lower, qtype) {
+            _ => match in_zone(snapshot, zone(), name, &lower, qtype) {
                 Step::NxDomain(zone) => Step::NoData(zone),
                 step => step,
             },
@@ -350,7 +353,8 @@ fn in_zone<'s>(
     match zone.kind {
         Apex::Localspace => match snapshot.discovery(zone.space, lower) {
             Some(dynos) => {
-                addresses_step(name, qtype, dynos, snapshot.spaces[zone.space].ttl, zone)
+                let ttl = snapshot.spaces[zone.space].ttl;
+                addresses_step(name, qtype, dynos, ttl, zone.space, || zone)
             }
             None => Step::NxDomain(zone),
         },
@@ -375,7 +379,7 @@ fn synthesized_apex<'s>(
     Step::Records {
         records: with_owner(records, name),
         additionals,
-        zone,
+        space: zone.space,
         follow: None,
     }
 }
@@ -386,7 +390,8 @@ fn addresses_step<'s>(
     qtype: RecordType,
     addresses: &[IpAddr],
     ttl: u32,
-    zone: ZoneView<'s>,
+    space: usize,
+    zone: impl FnOnce() -> ZoneView<'s>,
 ) -> Step<'s> {
     let records: Vec<Record> = (addresses.iter())
         .filter(|ip| match qtype {
@@ -397,12 +402,12 @@ fn addresses_step<'s>(
         .map(|ip| address_record(name.clone(), ttl, *ip))
         .collect();
     if records.is_empty() || !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
-        return Step::NoData(zone);
+        return Step::NoData(zone());
     }
     Step::Records {
         records,
         additionals: Vec::new(),
-        zone,
+        space,
         follow: None,
     }
 }
@@ -482,7 +487,7 @@ fn at_node<'s>(
         Some(rrset) if !rrset.records.is_empty() => Step::Records {
             records: with_owner(rrset.records.clone(), name),
             additionals: Vec::new(),
-            zone,
+            space: zone.space,
             follow,
         },
         _ => Step::NoData(zone),
