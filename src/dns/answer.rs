@@ -68,10 +68,10 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
     };
     reply.question = question.clone();
     if header.metadata.op_code != OpCode::Query {
-        return reply.error(ResponseCode::NotImp, transport);
+        return reply.finish(ResponseCode::NotImp, transport);
     }
     let Some(question) = question else {
-        return reply.error(ResponseCode::FormErr, transport);
+        return reply.finish(ResponseCode::FormErr, transport);
     };
 
     // The answer and authority sections of a query must hold nothing we would use, but they
@@ -85,7 +85,7 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
             Message::read_records(&mut decoder, header.counts.additionals.into(), true, op)
         });
     let Ok((_, request_edns, _)) = sections else {
-        return reply.error(ResponseCode::FormErr, transport);
+        return reply.finish(ResponseCode::FormErr, transport);
     };
     if let Some(edns) = &request_edns {
         reply.limit = edns.max_payload().clamp(512, UDP_PAYLOAD);
@@ -93,20 +93,20 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
         ours.set_max_payload(UDP_PAYLOAD).set_version(0);
         reply.edns = Some(ours);
         if edns.version() > 0 {
-            return reply.error(ResponseCode::BADVERS, transport);
+            return reply.finish(ResponseCode::BADVERS, transport);
         }
     }
 
     match question.query_type {
-        RecordType::OPT => return reply.error(ResponseCode::FormErr, transport),
+        RecordType::OPT => return reply.finish(ResponseCode::FormErr, transport),
         // Zone transfers are not offered (yet); say so rather than answer half of one.
         RecordType::AXFR | RecordType::IXFR => {
-            return reply.error(ResponseCode::Refused, transport);
+            return reply.finish(ResponseCode::Refused, transport);
         }
         _ => {}
     }
     if question.query_class != DNSClass::IN {
-        return reply.error(ResponseCode::Refused, transport);
+        return reply.finish(ResponseCode::Refused, transport);
     }
 
     let trusts = snapshot.access.classify(client);
@@ -155,10 +155,6 @@ impl Reply {
             limit: 512,
             space: None,
         }
-    }
-
-    fn error(self, rcode: ResponseCode, transport: Transport) -> Answer {
-        self.finish(rcode, transport)
     }
 
     /// Encodes the reply; over UDP, one that does not fit is sent as the question alone with TC.

@@ -1,5 +1,6 @@
-//! Body wrappers of the proxy: the rolling idle timeout, and the response tail that counts
-//! bytes, returns the dyno connection to the pool and writes the log line when the body ends.
+//! Body wrappers of the proxy: the rolling idle timeout, and the tail that reports how a body
+//! ended (for a response: counts bytes, returns the dyno connection to the pool and writes the
+//! log line; for a request: starts the response timeout, or tells a stalled client apart).
 //!
 //! Bodies stream frame by frame; nothing here buffers a whole body.
 
@@ -87,7 +88,7 @@ pub struct Tail<B, F: FnOnce(u64, Outcome)> {
     done: Option<F>,
 }
 
-/// How a response body finished.
+/// How a body finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Sent to the end.
@@ -168,71 +169,5 @@ where
 impl<B, F: FnOnce(u64, Outcome)> Drop for Tail<B, F> {
     fn drop(&mut self) {
         self.finish(Outcome::Dropped);
-    }
-}
-
-/// How a request body sent to a dyno ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// Read from the client and handed to the dyno connection to the end.
-    Complete,
-    /// The client sent nothing for the idle timeout.
-    Idle,
-    /// The client's side failed (it went away mid-body).
-    Failed,
-}
-
-/// A request body that reports through a watch channel how it ended; an empty body reports
-/// at once, since hyper may never poll it.
-pub struct Watched<B> {
-    inner: Pin<Box<B>>,
-    tx: tokio::sync::watch::Sender<Option<Sent>>,
-}
-
-impl<B: Body> Watched<B> {
-    /// Wraps `inner`; `tx` receives `Some(how it ended)`.
-    pub fn new(inner: B, tx: tokio::sync::watch::Sender<Option<Sent>>) -> Watched<B> {
-        if inner.is_end_stream() {
-            tx.send_replace(Some(Sent::Complete));
-        }
-        Watched {
-            inner: Box::pin(inner),
-            tx,
-        }
-    }
-}
-
-impl<B> Body for Watched<B>
-where
-    B: Body<Data = Bytes, Error = BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        let end = match &frame {
-            None => Some(Sent::Complete),
-            Some(Ok(_)) if this.inner.is_end_stream() => Some(Sent::Complete),
-            Some(Ok(_)) => None,
-            Some(Err(e)) if e.is::<IdleTimeout>() => Some(Sent::Idle),
-            Some(Err(_)) => Some(Sent::Failed),
-        };
-        if end.is_some() {
-            this.tx.send_replace(end);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -13,8 +13,6 @@ pub enum Fault {
     Downstream,
     /// The dyno refused, timed out or broke the connection.
     Upstream,
-    /// Ours.
-    Internal,
 }
 
 impl fmt::Display for Fault {
@@ -22,7 +20,6 @@ impl fmt::Display for Fault {
         f.write_str(match self {
             Fault::Downstream => "downstream",
             Fault::Upstream => "upstream",
-            Fault::Internal => "internal",
         })
     }
 }

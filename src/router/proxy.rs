@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::Router;
-use super::body::{Idle, Outcome, Sent, Tail, Watched};
+use super::body::{Idle, Outcome, Tail};
 use super::log::{Record, RouterError};
 use super::upstream::{ConnectError, ProxyBody};
 use crate::metrics::Metrics;
@@ -126,7 +126,11 @@ pub async fn handle(
                 .map_err(|e| match e {})
                 .boxed_unsync()
         });
-        let mut upstream_req = Request::new(Watched::new(body, sent_tx).boxed_unsync());
+        // Reports how the request body ended; the same wrapper as the response's tail.
+        let body = Tail::new(body, move |_, end| {
+            sent_tx.send_replace(Some(end));
+        });
+        let mut upstream_req = Request::new(body.boxed_unsync());
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri.clone();
         *upstream_req.headers_mut() = headers.clone();
@@ -135,8 +139,8 @@ pub async fn handle(
         let response_timeout = router.timeouts.response;
         let timer = async move {
             match sent_rx.wait_for(Option::is_some).await.map(|end| *end) {
-                Ok(Some(Sent::Idle)) => RouterError::CLIENT_IDLE,
-                Ok(Some(Sent::Failed)) => RouterError::CLIENT_GONE,
+                Ok(Some(Outcome::Idle)) => RouterError::CLIENT_IDLE,
+                Ok(Some(Outcome::Failed)) => RouterError::CLIENT_GONE,
                 _ => {
                     tokio::time::sleep(response_timeout).await;
                     RouterError::TIMEOUT
@@ -152,8 +156,8 @@ pub async fn handle(
             Err(e) => {
                 debug!(%addr, error = %e, reused, "no response from the dyno");
                 let error = match *sent.borrow() {
-                    Some(Sent::Idle) => RouterError::CLIENT_IDLE,
-                    Some(Sent::Failed) => RouterError::CLIENT_GONE,
+                    Some(Outcome::Idle) => RouterError::CLIENT_IDLE,
+                    Some(Outcome::Failed) => RouterError::CLIENT_GONE,
                     _ if reused && retryable && !retried => {
                         retried = true;
                         continue;
