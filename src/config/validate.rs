@@ -505,7 +505,8 @@ fn ancestors(name: &Name) -> impl Iterator<Item = Name> {
 
 /// Every owner name of every zone file, indexed to find what a custom domain would shadow.
 struct ZoneNames<'a> {
-    /// Names with records other than SOA and NS (which may share a name with a custom domain).
+    /// Names with A, AAAA or CNAME records: what a custom domain's answers would shadow. Other
+    /// data (the apex's SOA and NS, MX, TXT) keeps being served beside the custom domain.
     data: HashMap<Name, &'a Path>,
     /// Names with some record strictly below them, with one such record's name.
     parents: HashMap<Name, (Name, &'a Path)>,
@@ -520,7 +521,10 @@ impl<'a> ZoneNames<'a> {
         for zone in zones {
             for key in zone.records.keys() {
                 let name = key.name.to_lowercase();
-                if !matches!(key.record_type, RecordType::SOA | RecordType::NS) {
+                if matches!(
+                    key.record_type,
+                    RecordType::A | RecordType::AAAA | RecordType::CNAME
+                ) {
                     names.data.entry(name.clone()).or_insert(&zone.file);
                 }
                 for parent in ancestors(&name.base_name()) {
@@ -534,7 +538,7 @@ impl<'a> ZoneNames<'a> {
         names
     }
 
-    /// The record a custom domain would shadow, and its zone file: for an exact domain, data at
+    /// The record a custom domain would shadow, and its zone file: for an exact domain, an A, AAAA or CNAME at
     /// that name; for a wildcard, any record below its base.
     fn shadowed_by(&self, domain: &Name) -> Option<(Name, &'a Path)> {
         if domain.is_wildcard() {

@@ -1000,6 +1000,35 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_domain_at_a_zone_apex_answers_addresses_and_keeps_the_apex_data() {
+        let yaml = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10]}\nzones:\n  - file: apex.example.zone\napps:\n  - name: apex-app\n    domains: [apex.example]\n";
+        let zone = "$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\n@ IN MX 10 mail\nns1 IN A 127.16.0.2\n";
+        let config =
+            crate::config::parse_texts(&[("d/s.yaml", yaml)], &[("d/apex.example.zone", zone)])
+                .unwrap();
+        let s = compile(&config, |_| 7);
+        let m = ask(&s, SPACE, "apex.example.", RecordType::A);
+        assert_eq!(
+            (m.metadata.response_code, data(&m)),
+            (ResponseCode::NoError, vec!["127.16.0.10".to_string()])
+        );
+        assert!(
+            m.answers.iter().all(|r| r.record_type() == RecordType::A),
+            "no CNAME: {m:?}"
+        );
+        let m = ask(&s, SPACE, "apex.example.", RecordType::MX);
+        assert_eq!(data(&m), ["10 mail.apex.example."]);
+        let m = ask(&s, SPACE, "apex.example.", RecordType::SOA);
+        assert_eq!(m.answers.len(), 1);
+        let m = ask(&s, SPACE, "apex.example.", RecordType::TXT);
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(soa(&m).unwrap().0, "apex.example.");
+    }
+
+    #[test]
     fn any_gets_a_minimal_answer() {
         let s = fixture();
         let m = ask(&s, SPACE, "corp.example.com.", RecordType::ANY);
