@@ -341,6 +341,7 @@ impl FileWatch {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ZoneId {
     Space(String),
+    Public(String),
     File(String, Name, Audience),
 }
 
@@ -348,6 +349,7 @@ impl ZoneId {
     fn of(key: ZoneKey) -> ZoneId {
         match key {
             ZoneKey::Space(space) => ZoneId::Space(space.to_string()),
+            ZoneKey::Public(space) => ZoneId::Public(space.to_string()),
             ZoneKey::File {
                 space,
                 apex,
@@ -389,10 +391,25 @@ impl Prints {
                 &s.router_public,
                 s.ttl,
                 &s.nameservers,
+                (s.unlisted, &s.upstreams),
                 &apps,
             ));
-            let mut space = vec![synthesized];
+            // What public askers see: standard apps and their domains, `router.public`, the
+            // public identity. An internal deploy does not move this serial.
+            let public = fingerprint(&(
+                &s.domain,
+                &s.router_public,
+                s.ttl,
+                &s.public_nameservers,
+                &s.public_hostmaster,
+                (s.apps.iter())
+                    .filter(|a| !a.internal_routing)
+                    .map(|a| (&a.name, &a.domains))
+                    .collect::<Vec<_>>(),
+            ));
+            let mut space = vec![synthesized, public];
             p.zones.insert(ZoneId::Space(s.name.clone()), synthesized);
+            p.zones.insert(ZoneId::Public(s.name.clone()), public);
             for z in &s.zones {
                 let print = fingerprint(&z.records);
                 space.push(print);
@@ -603,6 +620,29 @@ mod tests {
         let d = Prints::of(&config("10.16.0.12", "10.1.1.2", false));
         serials.assign(&c, &d, 10);
         assert_eq!(serials_of(&serials), (6001, 6000));
+    }
+
+    /// Issue 7, item 8: outsiders cannot watch internal deploys in the public SOA serial.
+    #[test]
+    fn issue_7_internal_deploys_do_not_move_the_public_serial() {
+        let mut serials = Serials::default();
+        let a = Prints::of(&config("10.16.0.10", "10.1.1.1", false));
+        serials.assign(&Prints::default(), &a, 1000);
+        let public = |s: &Serials| s.get(ZoneKey::Public("s"));
+        assert_eq!(public(&serials), 1000);
+        // An internal app added, the private router moved: the trusted view's serial moves.
+        let b = Prints::of(&config("10.16.0.11", "10.1.1.1", true));
+        serials.assign(&a, &b, 2000);
+        assert_eq!(
+            (serials.get(ZoneKey::Space("s")), public(&serials)),
+            (2000, 1000)
+        );
+        // A standard app is public data.
+        let mut c = config("10.16.0.11", "10.1.1.1", true);
+        c.spaces[0].apps[1].internal_routing = false;
+        let c = Prints::of(&c);
+        serials.assign(&b, &c, 3000);
+        assert_eq!(public(&serials), 3000);
     }
 
     #[test]

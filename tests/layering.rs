@@ -13,8 +13,9 @@ const PURE: &str = "tokio hyper rustls notify std::time tracing log";
 const RULES: &[(&str, &[&str])] = &[
     ("config/", &["crate::access crate::snapshot crate::dns crate::router crate::reload crate::metrics", "tokio hyper rustls notify tracing", SOCKETS]),
     ("access.rs", &["crate super hickory_proto", PURE, SOCKETS]),
-    ("snapshot.rs", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
+    ("snapshot/", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
     ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
+    ("dns/resolve.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/server.rs", &["crate::config crate::reload crate::router"]),
     ("router/", &["crate::config crate::dns crate::reload"]),
     ("reload.rs", &["crate::dns crate::router", SOCKETS]),

@@ -13,13 +13,13 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::{Name, RecordSet, RrKey};
 use ipnet::IpNet;
 
-pub use model::Audience;
+pub use model::{Audience, Policy};
 
 /// A problem in an operator's file, with the place it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,14 @@ pub struct Space {
     pub ttl: u32,
     /// Name servers; never empty (a default is filled in).
     pub nameservers: Vec<Nameserver>,
+    /// Public name servers (possibly none).
+    pub public_nameservers: Vec<Nameserver>,
+    /// The RNAME of public SOAs, if set.
+    pub public_hostmaster: Option<Name>,
+    /// What trusted askers get for unlisted names under `domain`.
+    pub unlisted: Policy,
+    /// Where `forward` relays to.
+    pub upstreams: Vec<SocketAddr>,
     /// Parsed zone files.
     pub zones: Vec<Zone>,
     /// The apps.

@@ -27,6 +27,12 @@ pub struct SpaceFile {
     /// NS (and glue) of the zones this space sees; the first is the SOA MNAME.
     #[serde(default)]
     pub nameservers: Vec<Nameserver>,
+    /// The SOA contact and NS that public askers see for this space's synthesized zones.
+    #[serde(default)]
+    pub public: Public,
+    /// What trusted askers get for names under `domain` that no space lists.
+    #[serde(default)]
+    pub unlisted: Unlisted,
     /// RFC 1035 zone files, relative to this file.
     #[serde(default)]
     pub zones: Vec<ZoneEntry>,
@@ -65,6 +71,45 @@ pub struct Nameserver {
     pub name: String,
     /// Its address, served as glue.
     pub ip: Option<String>,
+}
+
+/// The public identity of a space's synthesized zones (its app domain, as seen for its
+/// standard apps, and their custom-domain apexes): never the private nameservers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Public {
+    /// Public NS (and glue) of those zones; the first is the SOA MNAME. When absent, the SOA
+    /// names the zone's apex and NS queries get NODATA.
+    #[serde(default)]
+    pub nameservers: Vec<Nameserver>,
+    /// The SOA RNAME, e.g. `hostmaster.example.net`; `hostmaster.<apex>` when absent.
+    pub hostmaster: Option<String>,
+}
+
+/// Names under the space's app domain that no space lists (`some-public-app.herokuapp.com`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unlisted {
+    /// What trusted askers get for them.
+    #[serde(default)]
+    pub policy: Policy,
+    /// For `forward`: the resolvers or servers that answer the domain publicly, `ip` or
+    /// `ip:port` (port 53 when absent).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+/// What a trusted asker gets for a name under an app domain that no space lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Relay the query to `upstreams` and return their answer.
+    Forward,
+    /// REFUSED, so the asker's resolver falls back to its own resolution.
+    Refused,
+    /// NXDOMAIN: the domain is wholly ours (the default).
+    #[default]
+    Nxdomain,
 }
 
 /// Who a zone file is served to.

@@ -4,14 +4,14 @@
 //! runs, so one `spaceroute check` shows every problem. Pure: it reads no files (`load` did).
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 
 use super::load::{Positions, Source, ZoneText};
-use super::{App, Config, Diagnostic, Dyno, Nameserver, Peer, Space, Tls, Zone, model};
+use super::{App, Config, Diagnostic, Dyno, Nameserver, Peer, Policy, Space, Tls, Zone, model};
 
 /// The most peers a space may have (the allow masks are 64 bits wide).
 pub const MAX_PEERS: usize = 64;
@@ -119,25 +119,41 @@ impl Validator {
         let router_private = self.ips(&here, "router.private", &f.router.private);
         let router_public = self.ips(&here, "router.public", &f.router.public);
 
-        let mut nameservers = Vec::new();
-        for (i, ns) in f.nameservers.iter().enumerate() {
-            let entry = format!("nameservers[{i}]");
-            let name = parse_host(&ns.name, false)
-                .map_err(|e| self.report(&here, &format!("{entry}.name"), format!("name: {e}")))
-                .ok();
-            let ip = ns
-                .ip
-                .as_ref()
-                .and_then(|ip| self.ip(&here, &format!("{entry}.ip"), ip));
-            if let Some(name) = name {
-                nameservers.push(Nameserver { name, ip });
-            }
-        }
+        let mut nameservers = self.nameservers(&here, "nameservers", &f.nameservers);
         if f.nameservers.is_empty() {
             let default = format!("ns1.{}.spaceroute.internal.", f.space);
             if let Ok(name) = parse_host(&default, false) {
                 nameservers.push(Nameserver { name, ip: None });
             }
+        }
+        let public_nameservers =
+            self.nameservers(&here, "public.nameservers", &f.public.nameservers);
+        let public_hostmaster = f.public.hostmaster.as_ref().and_then(|h| {
+            parse_host(h, false)
+                .map_err(|e| self.report(&here, "public.hostmaster", format!("hostmaster: {e}")))
+                .ok()
+        });
+        let upstreams: Vec<SocketAddr> = (f.unlisted.upstreams.iter().enumerate())
+            .filter_map(|(i, text)| {
+                let parsed = (text.parse::<SocketAddr>().ok())
+                    .or_else(|| Some(SocketAddr::new(text.parse::<IpAddr>().ok()?, 53)));
+                if parsed.is_none() {
+                    let msg = format!("{text:?} is not an address like 10.0.0.2 or 10.0.0.2:53");
+                    self.report(&here, &format!("unlisted.upstreams[{i}]"), msg);
+                }
+                parsed
+            })
+            .collect();
+        match f.unlisted.policy {
+            Policy::Forward if f.unlisted.upstreams.is_empty() => {
+                let msg = "policy forward needs at least one upstream".to_string();
+                self.report(&here, "unlisted.policy", msg);
+            }
+            Policy::Refused | Policy::Nxdomain if !f.unlisted.upstreams.is_empty() => {
+                let msg = "upstreams are only used with policy forward".to_string();
+                self.report(&here, "unlisted.upstreams", msg);
+            }
+            _ => {}
         }
 
         let mut zones: Vec<Zone> = Vec::new();
@@ -195,6 +211,10 @@ impl Validator {
             router_public,
             ttl: f.ttl.unwrap_or(60),
             nameservers,
+            public_nameservers,
+            public_hostmaster,
+            unlisted: f.unlisted.policy,
+            upstreams,
             zones,
             apps,
         })
@@ -372,6 +392,13 @@ impl Validator {
         let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
         let app_domains: HashSet<Name> = spaces.iter().map(|(s, _)| s.domain.clone()).collect();
         let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.zones));
+        // Nameserver names answer their addresses in our synthesized zones (RFC 1034 §4.2.2
+        // glue made authoritative), so no app may own one.
+        let ns_names: HashMap<&Name, &Path> = (spaces.iter())
+            .flat_map(|(s, src)| {
+                (s.nameservers.iter().chain(&s.public_nameservers)).map(|n| (&n.name, &*src.path))
+            })
+            .collect();
         for (i, (space, source)) in spaces.iter().enumerate() {
             let here = here(source);
             if let Some(first) = space_names.insert(&space.name, &source.path) {
@@ -395,6 +422,15 @@ impl Validator {
                 }
             }
             for (a, app) in space.apps.iter().enumerate() {
+                let host = Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain));
+                if let Some(file) = host.ok().and_then(|h| ns_names.get(&h)) {
+                    let msg = format!(
+                        "app {:?} collides with a nameserver name in {}",
+                        app.name,
+                        file.display()
+                    );
+                    self.report(&here, &format!("apps[{a}].name"), msg);
+                }
                 let key = (space.domain.clone(), app.name.as_str());
                 if let Some(first) = apps.insert(key, &source.path) {
                     let msg = format!(
@@ -412,6 +448,14 @@ impl Validator {
                     {
                         let msg = format!(
                             "domain {} is already a domain of app {owner:?} in {}",
+                            domain.to_ascii(),
+                            file.display()
+                        );
+                        self.report(&here, &at, msg);
+                    }
+                    if let Some(file) = ns_names.get(domain) {
+                        let msg = format!(
+                            "domain {} is a nameserver name in {}",
                             domain.to_ascii(),
                             file.display()
                         );
@@ -439,6 +483,29 @@ impl Validator {
                 }
             }
         }
+    }
+
+    fn nameservers(
+        &mut self,
+        here: &Here,
+        entry: &str,
+        list: &[model::Nameserver],
+    ) -> Vec<Nameserver> {
+        let mut nameservers = Vec::new();
+        for (i, ns) in list.iter().enumerate() {
+            let entry = format!("{entry}[{i}]");
+            let name = parse_host(&ns.name, false)
+                .map_err(|e| self.report(here, &format!("{entry}.name"), format!("name: {e}")))
+                .ok();
+            let ip = ns
+                .ip
+                .as_ref()
+                .and_then(|ip| self.ip(here, &format!("{entry}.ip"), ip));
+            if let Some(name) = name {
+                nameservers.push(Nameserver { name, ip });
+            }
+        }
+        nameservers
     }
 
     fn cidr(&mut self, here: &Here, entry: &str, text: &str) -> Option<IpNet> {

@@ -11,17 +11,16 @@ use std::net::IpAddr;
 use hickory_proto::op::{
     Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
 };
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::rdata::TSIG;
+use hickory_proto::rr::rdata::tsig::{TsigError, make_tsig_record};
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-use crate::access::Trusts;
-use crate::snapshot::{Apex, Snapshot, ZoneView, address_record};
+use crate::dns::resolve::resolve;
+use crate::snapshot::Snapshot;
 
 /// Our EDNS UDP payload size (the DNS flag day 2020 value), and the most we send over UDP.
 pub const UDP_PAYLOAD: u16 = 1232;
-
-/// The longest CNAME chain followed inside our own data.
-const MAX_CHAIN: usize = 8;
 
 /// How the query arrived, which bounds the reply's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +34,8 @@ pub enum Transport {
 /// What to send back, and what happened, for logs and counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// The reply bytes; `None` means drop the packet silently.
+    /// The reply bytes; `None` means drop the packet silently. For a query to relay
+    /// ([`Outcome::forward`]) this is the SERVFAIL to send when no upstream answers.
     pub reply: Option<Vec<u8>>,
     /// What happened.
     pub outcome: Outcome,
@@ -50,6 +50,18 @@ pub struct Outcome {
     pub space: Option<usize>,
     /// The reply was truncated to fit UDP.
     pub truncated: bool,
+    /// The query is for an unlisted name under an app domain whose policy is `forward`: relay
+    /// it to that space's upstreams.
+    pub forward: Option<Forward>,
+}
+
+/// A query to relay to the upstreams of a space's app domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The space whose `unlisted.upstreams` answer.
+    pub space: usize,
+    /// The most bytes the asker accepts over UDP (its EDNS size, or 512).
+    pub limit: u16,
 }
 
 /// Answers one DNS message `query` from `client` that came over `transport`.
@@ -75,7 +87,7 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
     };
 
     // The answer and authority sections of a query must hold nothing we would use, but they
-    // must parse; the additional section carries the OPT record.
+    // must parse; the additional section carries the OPT record and any TSIG.
     let op = header.metadata.op_code;
     let sections = Message::read_records(&mut decoder, header.counts.answers.into(), false, op)
         .and_then(|_| {
@@ -84,17 +96,33 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
         .and_then(|_| {
             Message::read_records(&mut decoder, header.counts.additionals.into(), true, op)
         });
-    let Ok((_, request_edns, _)) = sections else {
+    let Ok((additionals, request_edns, _)) = sections else {
         return reply.finish(ResponseCode::FormErr, transport);
     };
     if let Some(edns) = &request_edns {
         reply.limit = edns.max_payload().clamp(512, UDP_PAYLOAD);
         let mut ours = Edns::new();
-        ours.set_max_payload(UDP_PAYLOAD).set_version(0);
+        ours.set_max_payload(UDP_PAYLOAD)
+            .set_version(0)
+            // RFC 3225 §3: the DO bit is copied into the response.
+            .set_dnssec_ok(edns.flags().dnssec_ok);
         reply.edns = Some(ours);
-        if edns.version() > 0 {
-            return reply.finish(ResponseCode::BADVERS, transport);
+    }
+    // Bytes after the last record are not a DNS message (Knot answers FORMERR too).
+    if !decoder.is_empty() {
+        return reply.finish(ResponseCode::FormErr, transport);
+    }
+    if request_edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return reply.finish(ResponseCode::BADVERS, transport);
+    }
+    // RFC 8945 §5.2: TSIG is the last record; a key we do not know gets NOTAUTH/BADKEY,
+    // unsigned.
+    if let Some(at) = (additionals.iter()).position(|r| r.record_type() == RecordType::TSIG) {
+        if at + 1 != additionals.len() {
+            return reply.finish(ResponseCode::FormErr, transport);
         }
+        reply.signature = bad_key(&additionals[at]);
+        return reply.finish(ResponseCode::NotAuth, transport);
     }
 
     match question.query_type {
@@ -113,10 +141,42 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
     let found = resolve(snapshot, &trusts, &question.name, question.query_type);
     reply.metadata.authoritative = found.authoritative;
     reply.space = found.space.or(trusts.first().map(|t| t.space));
+    if let Some(space) = found.forward {
+        reply.space = Some(space);
+        let upstreams = &snapshot.spaces[space].upstreams;
+        // A query from one of our own upstreams for a name we would relay back to it is a
+        // forwarding loop: end it here.
+        let client = client.to_canonical();
+        if !upstreams.iter().any(|u| u.ip().to_canonical() == client) {
+            reply.forward = Some(Forward {
+                space,
+                limit: reply.limit,
+            });
+        }
+        return reply.finish(ResponseCode::ServFail, transport);
+    }
     reply.answers = found.answers;
     reply.authorities = found.authorities;
     reply.additionals = found.additionals;
     reply.finish(found.rcode, transport)
+}
+
+/// The unsigned TSIG record of a BADKEY error for the request's `tsig` (RFC 8945 §5.3.2): the
+/// same key name, algorithm, time and fudge, no MAC.
+fn bad_key(tsig: &Record) -> Option<Box<Record<TSIG>>> {
+    let RData::TSIG(request) = &tsig.data else {
+        return None;
+    };
+    let rdata = TSIG::new(
+        request.algorithm.clone(),
+        request.time,
+        request.fudge,
+        Vec::new(),
+        request.oid,
+        Some(TsigError::BadKey),
+        Vec::new(),
+    );
+    Some(Box::new(make_tsig_record(tsig.name.clone(), rdata)))
 }
 
 fn dropped() -> Answer {
@@ -126,6 +186,7 @@ fn dropped() -> Answer {
             rcode: ResponseCode::NoError,
             space: None,
             truncated: false,
+            forward: None,
         },
     }
 }
@@ -138,9 +199,11 @@ struct Reply {
     authorities: Vec<Record>,
     additionals: Vec<Record>,
     edns: Option<Edns>,
+    signature: Option<Box<Record<TSIG>>>,
     /// The most bytes the asker accepts over UDP.
     limit: u16,
     space: Option<usize>,
+    forward: Option<Forward>,
 }
 
 impl Reply {
@@ -152,13 +215,25 @@ impl Reply {
             authorities: Vec::new(),
             additionals: Vec::new(),
             edns: None,
+            signature: None,
             limit: 512,
             space: None,
+            forward: None,
         }
     }
 
     /// Encodes the reply; over UDP, one that does not fit is sent as the question alone with TC.
     fn finish(mut self, rcode: ResponseCode, transport: Transport) -> Answer {
+        if matches!(rcode, ResponseCode::FormErr | ResponseCode::NotImp) {
+            // A request we could not take echoes only ID, opcode and RD (as Knot does).
+            let mut bare = Metadata::new(
+                self.metadata.id,
+                MessageType::Response,
+                self.metadata.op_code,
+            );
+            bare.recursion_desired = self.metadata.recursion_desired;
+            self.metadata = bare;
+        }
         self.metadata.response_code = rcode;
         let limit = match transport {
             Transport::Udp => usize::from(self.limit),
@@ -175,6 +250,7 @@ impl Reply {
         message.authorities = self.authorities;
         message.additionals = self.additionals;
         message.edns = self.edns;
+        message.signature = self.signature;
         let mut truncated = false;
         let mut bytes = message.to_vec().ok();
         if bytes.as_ref().is_some_and(|b| b.len() > limit) {
@@ -203,299 +279,10 @@ impl Reply {
                 rcode,
                 space: self.space,
                 truncated,
+                forward: self.forward,
             },
         }
     }
-}
-
-/// The result of resolving one question.
-#[derive(Debug, Default)]
-struct Found {
-    rcode: ResponseCode,
-    authoritative: bool,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    additionals: Vec<Record>,
-    space: Option<usize>,
-}
-
-/// One step of resolution: the answer for one name, before CNAME chasing.
-enum Step<'s> {
-    /// We serve no zone for this name to this asker.
-    Refused,
-    /// Records for the name, from `space`'s data; `follow` is a CNAME target to chase.
-    Records {
-        records: Vec<Record>,
-        additionals: Vec<Record>,
-        space: usize,
-        follow: Option<Name>,
-    },
-    /// The name exists but has no records of the type.
-    NoData(ZoneView<'s>),
-    /// The name does not exist.
-    NxDomain(ZoneView<'s>),
-    /// The name is below a delegation in a zone file.
-    Referral { ns: Vec<Record>, glue: Vec<Record> },
-}
-
-/// Resolves `qname`/`qtype` for an asker, chasing CNAMEs within what the asker may see.
-fn resolve(snapshot: &Snapshot, trusts: &Trusts, qname: &Name, qtype: RecordType) -> Found {
-    let mut found = Found::default();
-    let mut name = qname.clone();
-    let mut seen: Vec<Name> = Vec::new();
-    for hop in 0..MAX_CHAIN {
-        let step = lookup(snapshot, trusts, &name, qtype);
-        if hop == 0 {
-            found.authoritative = !matches!(step, Step::Refused | Step::Referral { .. });
-        }
-        match step {
-            Step::Refused if hop == 0 => found.rcode = ResponseCode::Refused,
-            // A chain that leaves our data ends there: the asker's resolver follows it.
-            Step::Refused | Step::Referral { .. } if hop > 0 => {}
-            Step::Refused => {}
-            Step::Referral { ns, glue } => {
-                found.authorities = ns;
-                found.additionals = glue;
-            }
-            Step::Records {
-                records,
-                additionals,
-                space,
-                follow,
-            } => {
-                found.space.get_or_insert(space);
-                found.answers.extend(records);
-                found.additionals.extend(additionals);
-                if let Some(target) = follow {
-                    seen.push(name.to_lowercase());
-                    let lower = target.to_lowercase();
-                    if !seen.contains(&lower) {
-                        name = target;
-                        continue;
-                    }
-                }
-            }
-            Step::NoData(zone) => {
-                found.space.get_or_insert(zone.space);
-                found.authorities.extend(negative_soa(snapshot, &zone));
-            }
-            Step::NxDomain(zone) => {
-                found.space.get_or_insert(zone.space);
-                found.rcode = ResponseCode::NXDomain;
-                found.authorities.extend(negative_soa(snapshot, &zone));
-            }
-        }
-        break;
-    }
-    found
-}
-
-/// The SOA for a negative answer, with the negative TTL: min(SOA TTL, MINIMUM) (RFC 2308 §3).
-fn negative_soa(snapshot: &Snapshot, zone: &ZoneView) -> Option<Record> {
-    let mut soa = snapshot.soa(zone)?;
-    if let RData::SOA(data) = &soa.data {
-        soa.ttl = soa.ttl.min(data.minimum);
-    }
-    Some(soa)
-}
-
-/// Answers one name without following CNAMEs.
-fn lookup<'s>(snapshot: &'s Snapshot, trusts: &Trusts, name: &Name, qtype: RecordType) -> Step<'s> {
-    let lower = name.to_lowercase();
-    if let Some(app) = snapshot.host(&lower)
-        && let Some(addresses) = snapshot.addresses(app, trusts)
-    {
-        let space = &snapshot.spaces[app.space];
-        // The zone is looked up only when a negative answer needs its SOA.
-        let zone = || {
-            snapshot.zone(&lower, trusts).unwrap_or(ZoneView {
-                apex: &space.domain,
-                kind: Apex::Domain,
-                space: app.space,
-            })
-        };
-        return match qtype {
-            RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                addresses_step(name, qtype, addresses, space.ttl, app.space, zone)
-            }
-            // Other types at a custom domain come from the zone it sits in (its apex SOA,
-            // MX, TXT); the name exists, so a zone without it says NODATA, not NXDOMAIN.
-            _ => match in_zone(snapshot, zone(), name, &lower, qtype) {
-                Step::NxDomain(zone) => Step::NoData(zone),
-                step => step,
-            },
-        };
-    }
-    match snapshot.zone(&lower, trusts) {
-        Some(zone) => in_zone(snapshot, zone, name, &lower, qtype),
-        None => Step::Refused,
-    }
-}
-
-/// Answers a name inside `zone`.
-fn in_zone<'s>(
-    snapshot: &'s Snapshot,
-    zone: ZoneView<'s>,
-    name: &Name,
-    lower: &Name,
-    qtype: RecordType,
-) -> Step<'s> {
-    if let Some(data) = snapshot.zone_data(&zone) {
-        return in_zone_file(data, zone, name, lower, qtype);
-    }
-    if lower == zone.apex {
-        return synthesized_apex(snapshot, zone, name, qtype);
-    }
-    match zone.kind {
-        Apex::Localspace => match snapshot.discovery(zone.space, lower) {
-            Some(dynos) => {
-                let ttl = snapshot.spaces[zone.space].ttl;
-                addresses_step(name, qtype, dynos, ttl, zone.space, || zone)
-            }
-            None => Step::NxDomain(zone),
-        },
-        _ => Step::NxDomain(zone),
-    }
-}
-
-/// SOA and NS at the apex of a zone we synthesize (app domain, custom domain, service discovery).
-fn synthesized_apex<'s>(
-    snapshot: &'s Snapshot,
-    zone: ZoneView<'s>,
-    name: &Name,
-    qtype: RecordType,
-) -> Step<'s> {
-    let (records, additionals) = match qtype {
-        RecordType::SOA | RecordType::ANY => {
-            (snapshot.soa(&zone).into_iter().collect(), Vec::new())
-        }
-        RecordType::NS => snapshot.synthesized_ns(&zone),
-        _ => return Step::NoData(zone),
-    };
-    Step::Records {
-        records: with_owner(records, name),
-        additionals,
-        space: zone.space,
-        follow: None,
-    }
-}
-
-/// A/AAAA answers from a list of addresses; ANY gets both families (RFC 8482: a subset).
-fn addresses_step<'s>(
-    name: &Name,
-    qtype: RecordType,
-    addresses: &[IpAddr],
-    ttl: u32,
-    space: usize,
-    zone: impl FnOnce() -> ZoneView<'s>,
-) -> Step<'s> {
-    let records: Vec<Record> = (addresses.iter())
-        .filter(|ip| match qtype {
-            RecordType::A => ip.is_ipv4(),
-            RecordType::AAAA => ip.is_ipv6(),
-            _ => true,
-        })
-        .map(|ip| address_record(name.clone(), ttl, *ip))
-        .collect();
-    if records.is_empty() || !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
-        return Step::NoData(zone());
-    }
-    Step::Records {
-        records,
-        additionals: Vec::new(),
-        space,
-        follow: None,
-    }
-}
-
-/// RFC 1034 §4.3.2 inside a zone file: delegations, exact names, CNAMEs, wildcards.
-fn in_zone_file<'s>(
-    data: &'s crate::snapshot::ZoneData,
-    zone: ZoneView<'s>,
-    name: &Name,
-    lower: &Name,
-    qtype: RecordType,
-) -> Step<'s> {
-    if data.has_cuts {
-        for labels in data.apex.num_labels() + 1..=lower.num_labels() {
-            let cut = lower.trim_to(labels as usize);
-            let ns =
-                (data.nodes.get(&cut).into_iter().flatten()).find(|r| r.rtype == RecordType::NS);
-            if let Some(ns) = ns {
-                let glue = (ns.records.iter())
-                    .filter_map(|r| match &r.data {
-                        RData::NS(target) => data.nodes.get(&target.0.to_lowercase()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .filter(|r| matches!(r.rtype, RecordType::A | RecordType::AAAA))
-                    .flat_map(|r| r.records.iter().cloned())
-                    .collect();
-                return Step::Referral {
-                    ns: ns.records.clone(),
-                    glue,
-                };
-            }
-        }
-    }
-    if let Some(rrsets) = data.nodes.get(lower) {
-        return at_node(rrsets, zone, name, qtype);
-    }
-    // Not an existing name: a wildcard at the closest encloser answers for it (RFC 4592).
-    let mut encloser = lower.base_name();
-    while data.apex.zone_of(&encloser) {
-        if data.nodes.contains_key(&encloser) {
-            let wildcard = encloser.prepend_label("*").ok();
-            if let Some(rrsets) = wildcard.and_then(|w| data.nodes.get(&w)) {
-                return at_node(rrsets, zone, name, qtype);
-            }
-            break;
-        }
-        if encloser.is_root() {
-            break;
-        }
-        encloser = encloser.base_name();
-    }
-    Step::NxDomain(zone)
-}
-
-/// The answer at an existing node whose rrsets are `rrsets`, owned by `name` as asked.
-fn at_node<'s>(
-    rrsets: &[crate::snapshot::Rrset],
-    zone: ZoneView<'s>,
-    name: &Name,
-    qtype: RecordType,
-) -> Step<'s> {
-    let cname = rrsets.iter().find(|r| r.rtype == RecordType::CNAME);
-    let (rrset, follow) = match cname {
-        Some(cname) if qtype != RecordType::CNAME => {
-            let target = cname.records.iter().find_map(|r| match &r.data {
-                RData::CNAME(t) => Some(t.0.clone()),
-                _ => None,
-            });
-            (Some(cname), target)
-        }
-        // ANY gets one rrset (RFC 8482).
-        _ if qtype == RecordType::ANY => (rrsets.iter().find(|r| !r.records.is_empty()), None),
-        _ => (rrsets.iter().find(|r| r.rtype == qtype), None),
-    };
-    match rrset {
-        Some(rrset) if !rrset.records.is_empty() => Step::Records {
-            records: with_owner(rrset.records.clone(), name),
-            additionals: Vec::new(),
-            space: zone.space,
-            follow,
-        },
-        _ => Step::NoData(zone),
-    }
-}
-
-/// Sets the owner of `records` to `name`, so the answer echoes the name as asked.
-fn with_owner(mut records: Vec<Record>, name: &Name) -> Vec<Record> {
-    for r in &mut records {
-        r.name = name.clone();
-    }
-    records
 }
 
 #[cfg(test)]
@@ -503,6 +290,7 @@ mod tests {
     use super::*;
     use crate::snapshot::compile;
     use hickory_proto::op::Message;
+    use hickory_proto::rr::Name;
 
     /// The fixture of `tests/data/two-spaces`, compiled with serial 7.
     pub(crate) fn fixture() -> Snapshot {
@@ -871,7 +659,10 @@ mod tests {
         assert_eq!(record.serial, 7);
         let m = ask(&s, SPACE, "herokuapp.com.", RecordType::NS);
         assert_eq!(data(&m), ["ns1.alpha.internal."]);
-        assert_eq!(m.additionals[0].data.to_string(), "127.16.0.2");
+        assert!(
+            m.additionals.is_empty(),
+            "no address for a name outside the zone, which we would refuse: {m:?}"
+        );
         let m = ask(&s, BETA, "herokuapp.com.", RecordType::NS);
         assert_eq!(data(&m), ["ns1.beta.spaceroute.internal."]);
         // Trusted by alpha and beta: the first space by name.
@@ -1078,5 +869,504 @@ mod tests {
             .reply
             .unwrap();
         assert_eq!(&reply[..2], &good[..2]);
+    }
+
+    /// A snapshot of inline space files and zone files, compiled with serial 7 for trusted
+    /// views and 5 for public ones.
+    fn snapshot_of(files: &[(&str, &str)], zones: &[(&str, &str)]) -> Snapshot {
+        let config = crate::config::parse_texts(files, zones).expect("valid config");
+        compile(&config, |key| match key {
+            crate::snapshot::ZoneKey::Public(_) => 5,
+            _ => 7,
+        })
+    }
+
+    fn rcode_and_data(m: &Message) -> (ResponseCode, Vec<String>) {
+        (m.metadata.response_code, data(m))
+    }
+
+    const IN_BAILIWICK: &str = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10], public: [127.100.0.10]}\nnameservers:\n  - {name: ns1.herokuapp.com, ip: 127.0.0.1}\n  - {name: ns2.herokuapp.com, ip: 127.0.0.2}\n  - {name: ns.outside.example, ip: 127.0.0.3}\napps:\n  - name: web-app\n";
+
+    /// Issue 7, item 1: nameservers inside a zone we serve answer their addresses.
+    #[test]
+    fn issue_7_in_bailiwick_nameservers_answer_their_addresses() {
+        let s = snapshot_of(&[("d/s.yaml", IN_BAILIWICK)], &[]);
+        let m = ask(&s, SPACE, "ns1.herokuapp.com.", RecordType::A);
+        assert_eq!(
+            rcode_and_data(&m),
+            (ResponseCode::NoError, vec!["127.0.0.1".into()])
+        );
+        assert!(m.metadata.authoritative);
+        let m = ask(&s, SPACE, "NS2.herokuapp.com.", RecordType::AAAA);
+        assert_eq!(rcode_and_data(&m), (ResponseCode::NoError, vec![]));
+        assert_eq!(soa(&m).unwrap().0, "herokuapp.com.");
+        let m = ask(&s, SPACE, "herokuapp.com.", RecordType::NS);
+        assert_eq!(m.answers.len(), 3);
+        let mut glue: Vec<String> = (m.additionals.iter())
+            .map(|r| format!("{} {}", r.name, r.data))
+            .collect();
+        glue.sort();
+        assert_eq!(
+            glue,
+            [
+                "ns1.herokuapp.com. 127.0.0.1",
+                "ns2.herokuapp.com. 127.0.0.2"
+            ],
+            "glue only for names inside the zone"
+        );
+        // Still nothing for outsiders, and a name below a nameserver does not exist.
+        let m = ask(&s, PUBLIC, "ns1.herokuapp.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let m = ask(&s, SPACE, "x.ns1.herokuapp.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        let m = ask(&s, SPACE, "ns.outside.example.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+
+    /// Issue 7, item 1: `check` rejects an app or custom domain that is a nameserver's name.
+    #[test]
+    fn issue_7_apps_may_not_own_a_nameserver_name() {
+        let yaml = IN_BAILIWICK.replace(
+            "  - name: web-app\n",
+            "  - name: ns1\n  - name: other\n    domains: [ns.outside.example]\n",
+        );
+        let errs = crate::config::parse_texts(&[("d/s.yaml", &yaml)], &[]).unwrap_err();
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("d/s.yaml:9:"), "{errs:?}");
+        assert!(errs[0].contains("nameserver"), "{errs:?}");
+        assert!(errs[1].starts_with("d/s.yaml:11:"), "{errs:?}");
+    }
+
+    /// Issue 7, item 2: the parents of custom domains exist for those who may see below.
+    #[test]
+    fn issue_7_parents_of_custom_domains_are_nodata_for_those_who_see_below() {
+        let s = fixture();
+        // internal-app owns *.tools.corp.example.com; hq-vpn may see it, prod-vpc may not.
+        let m = ask(&s, HQ_VPN, "tools.corp.example.com.", RecordType::A);
+        assert_eq!(rcode_and_data(&m), (ResponseCode::NoError, vec![]));
+        assert_eq!(soa(&m).unwrap().0, "corp.example.com.");
+        assert!(m.metadata.authoritative);
+        let m = ask(&s, PROD_VPC, "tools.corp.example.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        let m = ask(&s, PUBLIC, "tools.corp.example.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+        let yaml = "space: s\nnetwork: 127.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [127.32.0.0/16]}\nrouter: {private: [127.16.0.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: deep\n    allow: []\n    domains: [x.y.corp.example.com, \"*.w.v.corp.example.com\"]\n";
+        let zone = "$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nns1 IN A 127.16.0.2\n* IN TXT \"wild\"\n";
+        let s = snapshot_of(&[("d/s.yaml", yaml)], &[("d/corp.example.com.zone", zone)]);
+        for name in [
+            "y.corp.example.com.",
+            "v.corp.example.com.",
+            "w.v.corp.example.com.",
+        ] {
+            let m = ask(&s, SPACE, name, RecordType::TXT);
+            assert_eq!(
+                rcode_and_data(&m),
+                (ResponseCode::NoError, vec![]),
+                "{name}"
+            );
+            // Not allowed below: the zone's own wildcard answers, as if nothing were there.
+            let m = ask(&s, HQ_VPN, name, RecordType::TXT);
+            assert_eq!(data(&m), ["wild"], "{name}");
+        }
+        let m = ask(&s, SPACE, "x.y.corp.example.com.", RecordType::A);
+        assert_eq!(data(&m), ["127.16.0.10"]);
+    }
+
+    fn edns_do() -> Option<Edns> {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232).set_dnssec_ok(true);
+        Some(edns)
+    }
+
+    /// Issue 7, item 3: the DO bit is copied into every response that carries an OPT.
+    #[test]
+    fn issue_7_do_bit_is_copied() {
+        let s = fixture();
+        for (from, name, qtype, rcode) in [
+            (
+                SPACE,
+                "corp.example.com.",
+                RecordType::SOA,
+                ResponseCode::NoError,
+            ),
+            (
+                SPACE,
+                "nope.corp.example.com.",
+                RecordType::A,
+                ResponseCode::NXDomain,
+            ),
+            (
+                PUBLIC,
+                "herokuapp.com.",
+                RecordType::SOA,
+                ResponseCode::Refused,
+            ),
+            (
+                SPACE,
+                "corp.example.com.",
+                RecordType::OPT,
+                ResponseCode::FormErr,
+            ),
+        ] {
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let m = ask_with(&s, from, transport, &query_bytes(name, qtype, edns_do()));
+                assert_eq!(m.metadata.response_code, rcode, "{name} {qtype}");
+                assert!(m.edns.unwrap().flags().dnssec_ok, "{name} {qtype}");
+            }
+        }
+        let m = ask_with(
+            &s,
+            SPACE,
+            Transport::Udp,
+            &query_bytes("corp.example.com.", RecordType::SOA, Some(Edns::new())),
+        );
+        assert!(!m.edns.unwrap().flags().dnssec_ok, "no DO asked, none set");
+    }
+
+    /// Issue 7, item 4: DS at a delegation is answered by the parent, authoritatively.
+    #[test]
+    fn issue_7_ds_at_a_delegation_comes_from_the_parent() {
+        let s = fixture();
+        let m = ask(&s, SPACE, "lab.corp.example.com.", RecordType::DS);
+        assert_eq!(rcode_and_data(&m), (ResponseCode::NoError, vec![]));
+        assert!(m.metadata.authoritative);
+        assert_eq!(soa(&m).unwrap().0, "corp.example.com.");
+        // Any other type there, and DS below the cut, is still a referral.
+        for (name, qtype) in [
+            ("lab.corp.example.com.", RecordType::A),
+            ("x.lab.corp.example.com.", RecordType::DS),
+        ] {
+            let m = ask(&s, SPACE, name, qtype);
+            assert!(!m.metadata.authoritative, "{name} {qtype}");
+            assert_eq!(m.authorities[0].record_type(), RecordType::NS);
+        }
+    }
+
+    /// Issue 7, item 5: NOTIMP and FORMERR echo only ID, opcode and RD.
+    #[test]
+    fn issue_7_errors_echo_only_id_opcode_and_rd() {
+        let s = fixture();
+        let mut q = query_bytes("internal-app.herokuapp.com.", RecordType::A, None);
+        q[2] = (q[2] & 0x87) | (15 << 3) | 0x04 | 0x02; // opcode 15, AA, TC
+        q[3] |= 0x10 | 0x20 | 0x40; // CD, AD, Z
+        let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &q)
+            .reply
+            .unwrap();
+        assert_eq!(&reply[..2], &q[..2], "ID");
+        assert_eq!(reply[2], 0x80 | (15 << 3) | 0x01, "QR, opcode 15, RD only");
+        assert_eq!(reply[3], 4, "NOTIMP and no other flag");
+        // FORMERR: a second question.
+        let mut q = query_bytes("internal-app.herokuapp.com.", RecordType::A, None);
+        q[5] = 2;
+        q[3] |= 0x10;
+        let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &q)
+            .reply
+            .unwrap();
+        assert_eq!((reply[2], reply[3]), (0x81, 1));
+    }
+
+    /// Issue 7, item 6: a TSIG-signed query with a key we do not know gets NOTAUTH/BADKEY.
+    #[test]
+    fn issue_7_unknown_tsig_key_gets_notauth_badkey() {
+        use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError, make_tsig_record};
+        let s = fixture();
+        let tsig = TSIG::new(
+            TsigAlgorithm::HmacSha256,
+            1_700_000_000,
+            300,
+            vec![7; 32],
+            0x4242,
+            None,
+            Vec::new(),
+        );
+        let key = Name::from_ascii("nobody.key.").unwrap();
+        let mut m = Message::from_vec(&query_bytes(
+            "internal-app.herokuapp.com.",
+            RecordType::A,
+            Some(Edns::new()),
+        ))
+        .unwrap();
+        m.signature = Some(Box::new(make_tsig_record(key.clone(), tsig.clone())));
+        for from in [SPACE, PUBLIC] {
+            let r = ask_with(&s, from, Transport::Udp, &m.to_vec().unwrap());
+            assert_eq!(r.metadata.response_code, ResponseCode::NotAuth, "{from}");
+            assert!(r.answers.is_empty());
+            let record = r.additionals.last().expect("a TSIG record");
+            assert_eq!(record.name, key);
+            let RData::TSIG(t) = &record.data else {
+                panic!("{record:?}")
+            };
+            assert_eq!(t.error, Some(TsigError::BadKey));
+            assert!(t.mac.is_empty(), "unsigned");
+            assert_eq!((t.time, t.fudge, t.oid), (1_700_000_000, 300, 0x4242));
+        }
+        // A TSIG that is not the last record is malformed.
+        m.signature = None;
+        m.additionals = vec![
+            make_tsig_record(key, tsig).into_record_of_rdata(),
+            crate::snapshot::address_record(Name::root(), 0, "127.0.0.1".parse().unwrap()),
+        ];
+        let r = ask_with(&s, SPACE, Transport::Udp, &m.to_vec().unwrap());
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    /// Issue 7, item 7: bytes after a complete message are FORMERR.
+    #[test]
+    fn issue_7_trailing_bytes_are_formerr() {
+        let s = fixture();
+        for edns in [None, Some(Edns::new())] {
+            let mut q = query_bytes("internal-app.herokuapp.com.", RecordType::A, edns);
+            q.push(0);
+            let m = ask_with(&s, SPACE, Transport::Tcp, &q);
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            assert!(m.answers.is_empty());
+        }
+    }
+
+    /// Issue 7, item 8: public askers see a public identity, never the space's.
+    #[test]
+    fn issue_7_public_askers_never_see_the_private_soa_or_ns() {
+        let s = fixture();
+        let private = |m: &Message| {
+            let text = format!("{:?} {:?}", m.authorities, m.additionals);
+            text.contains("alpha") || text.contains("internal") || text.contains("127.16.")
+        };
+        // A standard app's NODATA, its custom domain's apex SOA, NS and NODATA.
+        for (name, qtype) in [
+            ("std-app.herokuapp.com.", RecordType::AAAA),
+            ("www.example.net.", RecordType::MX),
+            ("www.example.net.", RecordType::NS),
+            ("www.example.net.", RecordType::SOA),
+        ] {
+            let m = ask(&s, PUBLIC, name, qtype);
+            let why = format!("{name} {qtype}: {m:?}");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{why}");
+            assert!(!private(&m), "{why}");
+            assert!(!format!("{:?}", m.answers).contains("alpha"), "{why}");
+            if let Some((owner, mname, _)) = soa(&m) {
+                assert_eq!(mname, owner, "a neutral MNAME: {why}");
+            }
+        }
+        let m = ask(&s, PUBLIC, "std-app.herokuapp.com.", RecordType::AAAA);
+        let RData::SOA(public) = &m.authorities[0].data else {
+            panic!("{m:?}")
+        };
+        assert_eq!(public.serial, 7, "the fixture compiles every serial as 7");
+        // The space itself still sees its own.
+        let m = ask(&s, SPACE, "std-app.herokuapp.com.", RecordType::TXT);
+        assert_eq!(soa(&m).unwrap().1, "ns1.alpha.internal.");
+
+        // With a public identity set, that is what public askers see, with the public serial.
+        let yaml = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10], public: [127.100.0.10]}\nnameservers:\n  - {name: ns1.s.internal, ip: 127.16.0.2}\npublic:\n  nameservers:\n    - {name: ns1.www.example.net, ip: 127.100.0.53}\n    - {name: ns2.example.org}\n  hostmaster: dns.example.org\napps:\n  - name: std\n    internal_routing: false\n    domains: [www.example.net]\n";
+        let s = snapshot_of(&[("d/s.yaml", yaml)], &[]);
+        let m = ask(&s, PUBLIC, "www.example.net.", RecordType::NS);
+        assert_eq!(data(&m), ["ns1.www.example.net.", "ns2.example.org."]);
+        let glue: Vec<String> = m.additionals.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(glue, ["127.100.0.53"]);
+        let m = ask(&s, PUBLIC, "ns1.www.example.net.", RecordType::A);
+        assert_eq!(data(&m), ["127.100.0.53"]);
+        let m = ask(&s, PUBLIC, "std.herokuapp.com.", RecordType::TXT);
+        let RData::SOA(public) = &m.authorities[0].data else {
+            panic!("{m:?}")
+        };
+        assert_eq!(
+            (
+                public.mname.to_ascii(),
+                public.rname.to_ascii(),
+                public.serial
+            ),
+            ("ns1.www.example.net.".into(), "dns.example.org.".into(), 5)
+        );
+        let m = ask(&s, SPACE, "std.herokuapp.com.", RecordType::TXT);
+        let RData::SOA(private) = &m.authorities[0].data else {
+            panic!("{m:?}")
+        };
+        assert_eq!(
+            (private.mname.to_ascii(), private.serial),
+            ("ns1.s.internal.".into(), 7)
+        );
+    }
+
+    /// Issue 7, item 9: a name the asker may not see does not exist for it, so a covering
+    /// wildcard it may see answers, in DNS and in routing alike.
+    #[test]
+    fn issue_7_hidden_names_do_not_stop_a_visible_wildcard() {
+        let a = "space: a\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10], public: [127.100.0.10]}\napps:\n  - name: wild\n    internal_routing: false\n    domains: [\"*.ext.example.net\"]\n";
+        let b = "space: b\nnetwork: 127.17.0.0/16\nrouter: {private: [127.17.0.10]}\napps:\n  - name: hidden\n    domains: [secret.ext.example.net]\n";
+        let s = snapshot_of(&[("d/a.yaml", a), ("d/b.yaml", b)], &[]);
+        for name in [
+            "secret.ext.example.net.",
+            "any.ext.example.net.",
+            "x.secret.ext.example.net.",
+        ] {
+            let m = ask(&s, PUBLIC, name, RecordType::A);
+            assert_eq!(data(&m), ["127.100.0.10"], "{name}");
+            let m = ask(&s, SPACE, name, RecordType::A);
+            assert_eq!(data(&m), ["127.16.0.10"], "{name}");
+        }
+        let m = ask(&s, BETA, "secret.ext.example.net.", RecordType::A);
+        assert_eq!(data(&m), ["127.17.0.10"]);
+        // For b, `secret` exists, so the wildcard does not reach below it (RFC 4592 §4.1).
+        let m = ask(&s, BETA, "x.secret.ext.example.net.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(soa(&m).unwrap().0, "secret.ext.example.net.");
+        let host = |n: &str| Name::from_ascii(n).unwrap();
+        let app = |r: Option<crate::snapshot::AppRef>| r.map(|r| s.app(r).name.clone());
+        let public: IpAddr = PUBLIC.parse().unwrap();
+        let beta: IpAddr = BETA.parse().unwrap();
+        assert_eq!(
+            app(s.route(public, &host("secret.ext.example.net."))),
+            Some("wild".into())
+        );
+        assert_eq!(
+            app(s.route(beta, &host("secret.ext.example.net."))),
+            Some("hidden".into())
+        );
+    }
+
+    /// Issue 7, item 10: the other side doors stay shut.
+    #[test]
+    fn issue_7_side_doors_stay_shut() {
+        use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+        let s = fixture();
+        // ECS claiming a trusted subnet does not make a public source trusted.
+        let mut edns = Edns::new();
+        let subnet: ipnet::IpNet = "127.16.0.0/24".parse().unwrap();
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::from(subnet)));
+        let q = query_bytes("internal-app.herokuapp.com.", RecordType::A, Some(edns));
+        let m = ask_with(&s, PUBLIC, Transport::Udp, &q);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        // IPv4-mapped sources are their IPv4 address, trusted or not.
+        let m = ask(
+            &s,
+            "::ffff:127.16.0.5",
+            "internal-app.herokuapp.com.",
+            RecordType::A,
+        );
+        assert_eq!(data(&m), ["127.16.0.10"]);
+        let m = ask(
+            &s,
+            "::ffff:127.200.0.1",
+            "internal-app.herokuapp.com.",
+            RecordType::A,
+        );
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        // Meta and obsolete types, ANY and CHAOS get nothing private.
+        for qtype in [
+            RecordType::ANY,
+            RecordType::Unknown(253),
+            RecordType::Unknown(254),
+            RecordType::TSIG,
+            RecordType::Unknown(249),
+        ] {
+            let m = ask(&s, PUBLIC, "internal-app.herokuapp.com.", qtype);
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{qtype}");
+        }
+        let m = Message::from_vec(&query_bytes("version.bind.", RecordType::TXT, None)).unwrap();
+        let mut m = m;
+        m.queries[0].set_query_class(DNSClass::CH);
+        let r = ask_with(&s, SPACE, Transport::Udp, &m.to_vec().unwrap());
+        assert_eq!(
+            (r.metadata.response_code, r.answers.len()),
+            (ResponseCode::Refused, 0)
+        );
+        // A CNAME chain from a zone the asker sees into an app it may not see stops there.
+        let m = ask(&s, PROD_VPC, "to-app.corp.example.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(data(&m), ["internal-app.herokuapp.com."]);
+        // NOTIFY and UPDATE are not ours to take.
+        for opcode in [4u8, 5] {
+            let mut q = query_bytes("herokuapp.com.", RecordType::SOA, None);
+            q[2] = (q[2] & 0x87) | (opcode << 3);
+            let reply = answer(&s, SPACE.parse().unwrap(), Transport::Udp, &q)
+                .reply
+                .unwrap();
+            assert_eq!(reply[3] & 0x0f, 4, "NOTIMP for opcode {opcode}");
+        }
+    }
+
+    const FORWARDING: &str = "space: s\nnetwork: 127.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [127.32.0.0/16]}\nrouter: {private: [127.16.0.10], public: [127.100.0.10]}\nunlisted:\n  policy: forward\n  upstreams: [127.16.0.53, \"127.31.0.53:5300\"]\napps:\n  - name: mine\n    allow: []\n  - name: std\n    internal_routing: false\n    domains: [www.example.net]\n";
+
+    /// Issue 7: unlisted names under an app domain follow the domain's policy.
+    #[test]
+    fn issue_7_unlisted_names_follow_the_domain_policy() {
+        let s = snapshot_of(&[("d/s.yaml", FORWARDING)], &[]);
+        let outcome = |from: &str, name: &str| {
+            let q = query_bytes(name, RecordType::A, edns_do());
+            answer(&s, from.parse().unwrap(), Transport::Udp, &q)
+        };
+        let relayed = |from: &str, name: &str| outcome(from, name).outcome.forward;
+        let want = Some(Forward {
+            space: 0,
+            limit: 1232,
+        });
+        assert_eq!(relayed(SPACE, "elsewhere.herokuapp.com."), want);
+        assert_eq!(relayed(SPACE, "x.mine.herokuapp.com."), want);
+        // An app the asker may not see is, for it, a name no space lists.
+        assert_eq!(relayed(HQ_VPN, "mine.herokuapp.com."), want);
+        // Names we answer are not relayed, nor names outside the app domain, nor for the public.
+        assert_eq!(relayed(SPACE, "mine.herokuapp.com."), None);
+        assert_eq!(relayed(SPACE, "herokuapp.com."), None);
+        assert_eq!(relayed(SPACE, "x.www.example.net."), None);
+        assert_eq!(relayed(SPACE, "www.example.com."), None);
+        assert_eq!(relayed(PUBLIC, "elsewhere.herokuapp.com."), None);
+        let a = outcome(SPACE, "elsewhere.herokuapp.com.");
+        let m = Message::from_vec(&a.reply.unwrap()).unwrap();
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::ServFail,
+            "the fallback"
+        );
+        assert!(!m.metadata.authoritative);
+        // A query from an upstream is a loop: SERVFAIL, not relayed.
+        let a = outcome("127.16.0.53", "elsewhere.herokuapp.com.");
+        assert_eq!(a.outcome.forward, None);
+        assert_eq!(a.outcome.rcode, ResponseCode::ServFail);
+
+        let refused = FORWARDING.replace(
+            "  policy: forward\n  upstreams: [127.16.0.53, \"127.31.0.53:5300\"]\n",
+            "  policy: refused\n",
+        );
+        let s = snapshot_of(&[("d/s.yaml", &refused)], &[]);
+        let m = ask(&s, SPACE, "elsewhere.herokuapp.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        assert!(!m.metadata.authoritative);
+        let m = ask(&s, SPACE, "mine.herokuapp.com.", RecordType::A);
+        assert_eq!(data(&m), ["127.16.0.10"]);
+        let nxdomain = FORWARDING.replace(
+            "  policy: forward\n  upstreams: [127.16.0.53, \"127.31.0.53:5300\"]\n",
+            "  policy: nxdomain\n",
+        );
+        let s = snapshot_of(&[("d/s.yaml", &nxdomain)], &[]);
+        let m = ask(&s, SPACE, "elsewhere.herokuapp.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn unlisted_policy_is_checked() {
+        let errs = |yaml: String| -> Vec<String> {
+            let errs = crate::config::parse_texts(&[("d/s.yaml", &yaml)], &[]).unwrap_err();
+            errs.iter().map(|e| e.to_string()).collect()
+        };
+        let e = errs(FORWARDING.replace("[127.16.0.53, \"127.31.0.53:5300\"]", "[]"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("d/s.yaml:7:") && e[0].contains("upstream"),
+            "{e:?}"
+        );
+        let e = errs(FORWARDING.replace("127.16.0.53,", "nope,"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("d/s.yaml:8:") && e[0].contains("\"nope\""),
+            "{e:?}"
+        );
+        let e = errs(FORWARDING.replace("policy: forward", "policy: refused"));
+        assert!(
+            e.len() == 1 && e[0].contains("only used with policy forward"),
+            "{e:?}"
+        );
+        let e = errs(FORWARDING.replace("policy: forward", "policy: sometimes"));
+        assert!(e.len() == 1 && e[0].starts_with("d/s.yaml:7:"), "{e:?}");
     }
 }

@@ -1,4 +1,5 @@
 //! The DNS server: the pure answer function and the UDP/TCP loops around it.
 
 pub mod answer;
+pub mod resolve;
 pub mod server;

@@ -1,0 +1,256 @@
+//! Builds a [`Snapshot`] from a checked [`Config`]: one pass over the spaces, then the indexes
+//! that need every space (apexes first, then the empty non-terminals they bound).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{Apex, AppRef, AppView, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData};
+use crate::access::{Access, Member};
+use crate::config::{Audience, Config};
+
+/// A zone whose SOA serial the caller chooses when compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ZoneKey<'a> {
+    /// The zones synthesized for a space: its app domain, custom domains, service discovery.
+    Space(&'a str),
+    /// The same zones as public askers see them.
+    Public(&'a str),
+    /// A zone file of a space.
+    File {
+        /// The space's name.
+        space: &'a str,
+        /// The zone's apex.
+        apex: &'a Name,
+        /// Who sees it.
+        audience: Audience,
+    },
+}
+
+/// Builds the snapshot of `config`; `serial` gives the SOA serial of each zone (a zone file's
+/// own serial is replaced, as Knot's `serial-policy: unixtime` does).
+pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
+    let mut snapshot = Snapshot {
+        localspace: name(LOCALSPACE),
+        ..Snapshot::default()
+    };
+    let mut access = Vec::new();
+    for (s, space) in config.spaces.iter().enumerate() {
+        access.push((space.network, s, Member::Network));
+        for (p, peer) in space.peers.iter().enumerate() {
+            access.extend(peer.cidrs.iter().map(|&c| (c, s, Member::Peer(p))));
+        }
+        let domain_apexes = snapshot.apexes.entry(space.domain.clone()).or_default();
+        if !domain_apexes.contains(&Apex::Domain) {
+            domain_apexes.push(Apex::Domain);
+        }
+        let zones: Vec<ZoneData> = (space.zones.iter())
+            .map(|zone| {
+                let key = ZoneKey::File {
+                    space: &space.name,
+                    apex: &zone.apex,
+                    audience: zone.audience,
+                };
+                compile_zone(zone, serial(key))
+            })
+            .collect();
+        for (z, zone) in zones.iter().enumerate() {
+            let apexes = snapshot.apexes.entry(zone.apex.clone()).or_default();
+            apexes.push(Apex::File { space: s, zone: z });
+        }
+
+        let mut apps = Vec::new();
+        let mut discovery: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+        for (a, app) in space.apps.iter().enumerate() {
+            let app_ref = AppRef { space: s, app: a };
+            if let Ok(host) =
+                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
+            {
+                snapshot.hosts.insert(host, app_ref);
+            }
+            for domain in &app.domains {
+                let base = crate::config::validate::wildcard_base(domain);
+                if domain.is_wildcard() {
+                    snapshot.wildcards.insert(base.clone(), app_ref);
+                } else {
+                    snapshot.hosts.insert(domain.clone(), app_ref);
+                }
+                if !zones.iter().any(|z| z.apex.zone_of(&base)) {
+                    snapshot
+                        .apexes
+                        .entry(base)
+                        .or_default()
+                        .push(Apex::Custom(app_ref));
+                }
+            }
+            // Names are checked by validate, so these only fail on names no app can have.
+            if let Ok(app_name) =
+                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&snapshot.localspace))
+            {
+                for dyno in &app.dynos {
+                    let Ok(process) = app_name.prepend_label(dyno.process.as_str()) else {
+                        continue;
+                    };
+                    if let Ok(one) = process.prepend_label(dyno.index.to_string().as_str()) {
+                        discovery.entry(one).or_default().push(dyno.ip);
+                    }
+                    discovery.entry(process).or_default().push(dyno.ip);
+                }
+                discovery.entry(app_name).or_default();
+            }
+            let tls =
+                app.tls
+                    .as_ref()
+                    .and_then(|tls| match certified_key(&tls.cert_pem, &tls.key_pem) {
+                        Ok(key) => Some(Arc::new(key)),
+                        Err(e) => {
+                            let cert = tls.cert.display();
+                            snapshot.warnings.push(format!(
+                                "{cert}: app {} gets the default certificate: {e}",
+                                app.name
+                            ));
+                            None
+                        }
+                    });
+            apps.push(AppView {
+                name: app.name.clone(),
+                next: AtomicUsize::new(0),
+                tls,
+                internal: app.internal_routing,
+                allow: app
+                    .allow
+                    .as_ref()
+                    .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
+                web: app
+                    .dynos
+                    .iter()
+                    .filter(|d| d.process == "web")
+                    .cloned()
+                    .collect(),
+            });
+        }
+        let hostmaster =
+            Name::from_ascii(format!("hostmaster.{}.spaceroute.internal.", space.name))
+                .unwrap_or_else(|_| Name::root());
+        snapshot.spaces.push(SpaceView {
+            name: space.name.clone(),
+            domain: space.domain.clone(),
+            router_private: space.router_private.clone(),
+            router_public: space.router_public.clone(),
+            ttl: space.ttl,
+            serial: serial(ZoneKey::Space(&space.name)),
+            public_serial: serial(ZoneKey::Public(&space.name)),
+            apps,
+            zones,
+            nameservers: (space.nameservers.iter())
+                .map(|n| (n.name.clone(), n.ip))
+                .collect(),
+            public_nameservers: (space.public_nameservers.iter())
+                .map(|n| (n.name.clone(), n.ip))
+                .collect(),
+            public_hostmaster: space.public_hostmaster.clone(),
+            unlisted: space.unlisted,
+            upstreams: space.upstreams.clone(),
+            hostmaster,
+            discovery,
+        });
+    }
+    snapshot
+        .apexes
+        .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
+    snapshot.access = Access::new(access);
+    snapshot.ents = empty_non_terminals(&snapshot);
+    snapshot
+}
+
+/// The names between each custom domain and the apex of the zone that holds it, with the apps
+/// below them (RFC 4592 §2.2.2: a wildcard's owner makes its parent exist too).
+fn empty_non_terminals(snapshot: &Snapshot) -> HashMap<Name, Vec<AppRef>> {
+    let mut ents: HashMap<Name, Vec<AppRef>> = HashMap::new();
+    let owners = (snapshot.hosts.iter())
+        .map(|(host, app)| (host.clone(), *app))
+        .chain((snapshot.wildcards.iter()).filter_map(|(base, app)| {
+            let owner = base.prepend_label("*").ok()?;
+            Some((owner, *app))
+        }));
+    for (owner, app) in owners {
+        let mut between = Vec::new();
+        let mut up = owner.base_name();
+        while !snapshot.apexes.contains_key(&up) {
+            if up.is_root() {
+                // No zone above: the domain is its own apex, nothing lies between.
+                between.clear();
+                break;
+            }
+            let parent = up.base_name();
+            between.push(up);
+            up = parent;
+        }
+        for name in between {
+            let apps = ents.entry(name).or_default();
+            if !apps.contains(&app) {
+                apps.push(app);
+            }
+        }
+    }
+    ents
+}
+
+/// The certificate chain and signing key of a PEM certificate chain and private key.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if chain.is_empty() {
+        return Err("no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(chain, key))
+}
+
+fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
+    let mut nodes: HashMap<Name, Vec<Rrset>> = HashMap::new();
+    let mut has_cuts = false;
+    for (key, set) in &zone.records {
+        let owner: Name = Name::from(&key.name).to_lowercase();
+        has_cuts |= key.record_type == RecordType::NS && owner != zone.apex;
+        let mut up = owner.base_name();
+        while zone.apex.zone_of(&up)
+            && up.num_labels() >= zone.apex.num_labels()
+            && !nodes.contains_key(&up)
+        {
+            nodes.insert(up.clone(), Vec::new());
+            if up.is_root() {
+                break;
+            }
+            up = up.base_name();
+        }
+        let mut records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+        for record in &mut records {
+            if let RData::SOA(soa) = &mut record.data {
+                soa.serial = serial;
+            }
+        }
+        nodes.entry(owner).or_default().push(Rrset {
+            rtype: key.record_type,
+            records,
+        });
+    }
+    ZoneData {
+        apex: zone.apex.clone(),
+        audience: zone.audience,
+        nodes,
+        has_cuts,
+    }
+}
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(text).unwrap_or_else(|_| Name::root())
+}

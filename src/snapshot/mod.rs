@@ -1,0 +1,262 @@
+//! The compiled, immutable form of a [`Config`](crate::config::Config) that both servers answer
+//! from.
+//!
+//! [`compile`] does once, per reload, everything that does not depend on the query: names are
+//! lower-cased and keyed, zone files become node tables with their empty non-terminals, access
+//! rules become an [`Access`] table and allow bitmasks, and every apex we serve is indexed with
+//! who may see it. [`policy`] is the one place that decides what a source sees at a name, for
+//! DNS, routing and certificate choice alike. Nothing here changes after `compile`.
+
+mod compile;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rustls::sign::CertifiedKey;
+
+use crate::access::Access;
+use crate::config::{Audience, Dyno};
+
+/// What trusted askers get for unlisted names under an app domain (the config's word for it).
+pub use crate::config::Policy;
+
+pub use compile::{ZoneKey, certified_key, compile};
+pub use policy::Sight;
+
+/// The apex of DNS service discovery: `<process>.<app>.app.localspace.`.
+pub const LOCALSPACE: &str = "app.localspace.";
+
+/// Everything the DNS server and the router answer from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Problems that did not stop the compile (a certificate whose key type rustls cannot use),
+    /// for the reloader to log.
+    pub warnings: Vec<String>,
+    /// The spaces, sorted by name: a space's index is its rank.
+    pub spaces: Vec<SpaceView>,
+    /// Which spaces trust a source.
+    pub access: Access,
+    hosts: HashMap<Name, AppRef>,
+    /// Wildcard custom domains, keyed by the name below which they answer (`*.x` under `x`).
+    wildcards: HashMap<Name, AppRef>,
+    /// Empty non-terminals made by custom domains (`b.example` for `a.b.example`), with the
+    /// apps below them: they exist only for askers who may see one of those apps.
+    ents: HashMap<Name, Vec<AppRef>>,
+    apexes: HashMap<Name, Vec<Apex>>,
+    localspace: Name,
+}
+
+/// A space, compiled.
+#[derive(Debug)]
+pub struct SpaceView {
+    /// Its name.
+    pub name: String,
+    /// Its app domain.
+    pub domain: Name,
+    /// Internal router endpoints.
+    pub router_private: Vec<IpAddr>,
+    /// Public router endpoints.
+    pub router_public: Vec<IpAddr>,
+    /// TTL of synthesized records.
+    pub ttl: u32,
+    /// The SOA serial of the zones synthesized for this space (app domain, custom domains,
+    /// service discovery) as trusted askers see them.
+    pub serial: u32,
+    /// The SOA serial of the same zones as public askers see them: it moves only with public
+    /// data (standard apps, `router.public`, the public identity).
+    pub public_serial: u32,
+    /// The apps.
+    pub apps: Vec<AppView>,
+    /// The zone files.
+    pub zones: Vec<ZoneData>,
+    /// NS records (with glue) of synthesized zones: (name, glue address).
+    pub nameservers: Vec<(Name, Option<IpAddr>)>,
+    /// The NS that public askers see.
+    pub public_nameservers: Vec<(Name, Option<IpAddr>)>,
+    /// The RNAME of public SOAs; `hostmaster.<apex>` when `None`.
+    pub public_hostmaster: Option<Name>,
+    /// What trusted askers get for names under `domain` that no space lists.
+    pub unlisted: Policy,
+    /// Where [`Policy::Forward`] relays to.
+    pub upstreams: Vec<SocketAddr>,
+    hostmaster: Name,
+    /// Service discovery names under `app.localspace.` and the dyno addresses they answer.
+    discovery: HashMap<Name, Vec<IpAddr>>,
+}
+
+/// An app, compiled.
+#[derive(Debug)]
+pub struct AppView {
+    /// Its name.
+    pub name: String,
+    /// `true` for an internal app.
+    pub internal: bool,
+    /// Bitmask of the peers allowed to see it; `None` for every peer.
+    pub allow: Option<u64>,
+    /// The `web` dynos, which the router forwards to.
+    pub web: Vec<Dyno>,
+    /// Where the router's round robin over `web` stands. The one mutable field of a snapshot:
+    /// a counter, not answer data.
+    pub next: AtomicUsize,
+    /// The certificate for the app's custom domains.
+    pub tls: Option<Arc<CertifiedKey>>,
+}
+
+/// A reference to an app: (space index, app index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppRef {
+    /// The space's index.
+    pub space: usize,
+    /// The app's index within the space.
+    pub app: usize,
+}
+
+/// A zone file's data, compiled into nodes.
+#[derive(Debug)]
+pub struct ZoneData {
+    /// The apex.
+    pub apex: Name,
+    /// Who sees it.
+    pub audience: Audience,
+    /// Every name of the zone, including empty non-terminals (with no rrsets), keyed lower-case.
+    pub nodes: HashMap<Name, Vec<Rrset>>,
+    /// Whether any NS rrset sits below the apex (a delegation), so lookups must look for cuts.
+    pub has_cuts: bool,
+}
+
+/// The records of one name and type.
+#[derive(Debug, Clone)]
+pub struct Rrset {
+    /// The type.
+    pub rtype: RecordType,
+    /// The records, with the owner name as written in the zone file.
+    pub records: Vec<Record>,
+}
+
+/// A zone apex we serve, and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apex {
+    /// A zone file of a space.
+    File {
+        /// The space.
+        space: usize,
+        /// Index in the space's zones.
+        zone: usize,
+    },
+    /// A custom domain (or a wildcard's base) that no zone file of its space holds.
+    Custom(AppRef),
+    /// An app domain, shared by the spaces that use it (ascending).
+    Domain,
+    /// `app.localspace.`, service discovery.
+    Localspace,
+}
+
+/// A zone as one asker sees it: which apex and whose data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneView<'s> {
+    /// The zone's apex name.
+    pub apex: &'s Name,
+    /// What kind of zone it is.
+    pub kind: Apex,
+    /// The space whose data (and SOA) answers.
+    pub space: usize,
+    /// The asker is not trusted by `space`: a synthesized zone shows its public identity.
+    pub public: bool,
+}
+
+impl Snapshot {
+    /// The app behind `app`.
+    pub fn app(&self, app: AppRef) -> &AppView {
+        &self.spaces[app.space].apps[app.app]
+    }
+
+    /// The zone file data behind a [`ZoneView`] of kind [`Apex::File`].
+    pub fn zone_data(&self, view: &ZoneView) -> Option<&ZoneData> {
+        match view.kind {
+            Apex::File { space, zone } => self.spaces.get(space)?.zones.get(zone),
+            _ => None,
+        }
+    }
+
+    /// The SOA record of a zone: the file's own, or synthesized from the space's private or
+    /// public identity.
+    pub fn soa(&self, view: &ZoneView) -> Option<Record> {
+        if let Some(data) = self.zone_data(view) {
+            let rrsets = data.nodes.get(&data.apex)?;
+            return rrsets
+                .iter()
+                .find(|r| r.rtype == RecordType::SOA)?
+                .records
+                .first()
+                .cloned();
+        }
+        let space = &self.spaces[view.space];
+        let (mname, rname, serial) = if view.public {
+            let rname = (space.public_hostmaster.clone())
+                .or_else(|| view.apex.prepend_label("hostmaster").ok())
+                .unwrap_or_else(Name::root);
+            let mname = (space.public_nameservers.first())
+                .map_or_else(|| view.apex.clone(), |(n, _)| n.clone());
+            (mname, rname, space.public_serial)
+        } else {
+            let mname = (space.nameservers.first()).map_or_else(Name::root, |(n, _)| n.clone());
+            (mname, space.hostmaster.clone(), space.serial)
+        };
+        let soa = SOA::new(mname, rname, serial, 3600, 600, 604_800, space.ttl);
+        Some(Record::from_rdata(
+            view.apex.clone(),
+            space.ttl,
+            RData::SOA(soa),
+        ))
+    }
+
+    /// The nameservers a synthesized zone shows: the public ones to public askers.
+    pub fn nameservers(&self, view: &ZoneView) -> &[(Name, Option<IpAddr>)] {
+        let space = &self.spaces[view.space];
+        match view.public {
+            true => &space.public_nameservers,
+            false => &space.nameservers,
+        }
+    }
+
+    /// The apex NS records of a synthesized zone, and the addresses of those nameservers that
+    /// this zone itself answers (in-bailiwick, RFC 9471): never an address of a name we would
+    /// not answer when asked directly.
+    pub fn synthesized_ns(&self, view: &ZoneView) -> (Vec<Record>, Vec<Record>) {
+        let space = &self.spaces[view.space];
+        let nameservers = self.nameservers(view);
+        let ns = (nameservers.iter())
+            .map(|(n, _)| {
+                Record::from_rdata(view.apex.clone(), space.ttl, RData::NS(NS(n.clone())))
+            })
+            .collect();
+        let glue = (nameservers.iter())
+            .filter(|(n, _)| view.apex.zone_of(n))
+            .filter_map(|(n, ip)| ip.map(|ip| address_record(n.clone(), space.ttl, ip)))
+            .collect();
+        (ns, glue)
+    }
+
+    /// The dyno addresses of a service discovery name in `space`; `Some(empty)` for `<app>.app.localspace.`.
+    pub fn discovery(&self, space: usize, qname: &Name) -> Option<&[IpAddr]> {
+        self.spaces
+            .get(space)?
+            .discovery
+            .get(qname)
+            .map(Vec::as_slice)
+    }
+}
+
+/// An A or AAAA record.
+pub fn address_record(owner: Name, ttl: u32, ip: IpAddr) -> Record {
+    let data = match ip {
+        IpAddr::V4(ip) => RData::A(A(ip)),
+        IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+    };
+    Record::from_rdata(owner, ttl, data)
+}
