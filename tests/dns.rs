@@ -724,3 +724,103 @@ async fn edns_is_echoed_and_the_question_kept_as_sent_over_udp() {
     );
     server.stop().await;
 }
+
+/// A directory holding one space file.
+fn space_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("space.yaml"), yaml).unwrap();
+    dir
+}
+
+/// Issue 7: unlisted names under a `forward` app domain are relayed to its upstream, here a
+/// second spaceroute that stands in for the domain's public servers.
+#[tokio::test]
+async fn issue_7_unlisted_names_are_relayed_to_the_upstream_with_the_askers_id() {
+    // The upstream trusts the relay's source (127.0.0.1) and answers a "public" app with 60
+    // addresses, more than fit in 512 bytes.
+    let many: Vec<String> = (1..=60).map(|i| format!("127.100.1.{i}")).collect();
+    let upstream = space_dir(&format!(
+        "space: public-heroku\nnetwork: 127.0.0.0/24\nrouter: {{private: [{}]}}\napps:\n  - name: big-app\n",
+        many.join(", ")
+    ));
+    let upstream = Server::start(upstream.path()).await;
+    let big: Vec<std::net::IpAddr> = many.iter().map(|ip| ip.parse().unwrap()).collect();
+    let relay = space_dir(&format!(
+        "space: s\nnetwork: 127.16.0.0/16\npeers:\n  - {{name: loop, cidrs: [127.0.0.1/32]}}\nrouter: {{private: [127.16.0.10]}}\nunlisted:\n  policy: forward\n  upstreams: [\"{}\"]\napps:\n  - name: mine\n",
+        upstream.addr
+    ));
+    let relay = Server::start(relay.path()).await;
+
+    // The upstream's answer, with the asker's ID and question as sent.
+    let q = query("BIG-app.herokuapp.com.", A, Some(4096));
+    let reply = udp_raw(relay.addr, SPACE, &q, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.id, id_of(&q));
+    assert_eq!(m.queries[0].name.to_ascii(), "BIG-app.herokuapp.com.");
+    let mut got: Vec<std::net::IpAddr> =
+        m.answers.iter().filter_map(|r| r.data.ip_addr()).collect();
+    got.sort();
+    let mut want = big.clone();
+    want.sort();
+    assert_eq!(got, want, "the upstream's answer");
+    // Without EDNS it does not fit 512 bytes: TC, and the asker retries over TCP.
+    let q = query("big-app.herokuapp.com.", A, None);
+    let reply = udp_raw(relay.addr, SPACE, &q, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let m = Message::from_vec(&reply).unwrap();
+    assert!(reply.len() <= 512 && m.metadata.truncation && m.answers.is_empty());
+    assert_eq!(m.metadata.id, id_of(&q));
+    // Over TCP without EDNS: the relay's UDP query gets TC from the upstream, so the relay
+    // asks again over TCP.
+    let m = tcp(relay.addr, SPACE, "big-app.herokuapp.com.", A).await;
+    assert_eq!(m.answers.len(), 60);
+    // The upstream's NXDOMAIN comes back as it is; our own names are still ours.
+    let m = udp(relay.addr, SPACE, "nobody.herokuapp.com.", A).await;
+    assert_eq!(m.metadata.response_code, NXDomain);
+    assert_eq!(
+        authority_soa(&m).unwrap().1,
+        "ns1.public-heroku.spaceroute.internal."
+    );
+    let m = udp(relay.addr, SPACE, "mine.herokuapp.com.", A).await;
+    assert_eq!(data(&m), ["127.16.0.10"]);
+    // Never for the public, and a query from the upstream's own address is a loop.
+    let m = udp(relay.addr, PUBLIC, "big-app.herokuapp.com.", A).await;
+    assert_eq!(m.metadata.response_code, Refused);
+    let m = udp(relay.addr, "127.0.0.1", "big-app.herokuapp.com.", A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    relay.stop().await;
+    upstream.stop().await;
+}
+
+/// Issue 7: an upstream that never answers costs a bounded wait and a SERVFAIL.
+#[tokio::test]
+async fn issue_7_a_silent_upstream_gets_servfail_in_bounded_time() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay = space_dir(&format!(
+        "space: s\nnetwork: 127.16.0.0/16\nrouter: {{private: [127.16.0.10]}}\nunlisted:\n  policy: forward\n  upstreams: [\"{}\"]\n",
+        silent.local_addr().unwrap()
+    ));
+    let limits = Limits {
+        forward_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let relay = Server::start_with(relay.path(), limits).await;
+    let started = Instant::now();
+    let m = udp(relay.addr, SPACE, "elsewhere.herokuapp.com.", A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The UDP loop kept serving while the relay waited.
+    let m = tcp(relay.addr, SPACE, "elsewhere.herokuapp.com.", A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let mut buf = [0u8; 512];
+    let (_, from) = silent.recv_from(&mut buf).await.unwrap();
+    assert!(from.ip().is_loopback());
+    relay.stop().await;
+}

@@ -1,5 +1,6 @@
 //! The DNS server: the pure answer function and the UDP/TCP loops around it.
 
 pub mod answer;
+pub mod forward;
 pub mod resolve;
 pub mod server;

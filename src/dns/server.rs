@@ -4,7 +4,8 @@
 //! mini-redis), so tests bind port 0. UDP runs a few receive loops per socket; TCP (RFC 7766)
 //! reads length-prefixed queries one after another on each connection, so a client may
 //! pipeline, closes a connection idle for `tcp_idle`, and refuses connections past
-//! `tcp_max_connections`.
+//! `tcp_max_connections`. A query that `answer` marks for relaying goes to the [`Forwarder`]
+//! (in its own task over UDP, so the receive loop never waits on an upstream).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::dns::answer::{Answer, Transport, answer};
+use crate::dns::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -32,6 +34,10 @@ pub struct Limits {
     pub tcp_max_connections: usize,
     /// Receive loops per UDP socket.
     pub udp_workers: usize,
+    /// The most queries relayed to upstreams at once; more get SERVFAIL.
+    pub forward_in_flight: usize,
+    /// How long an upstream has to answer one relayed query (over UDP, then again over TCP).
+    pub forward_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +46,8 @@ impl Default for Limits {
             tcp_idle: Duration::from_secs(10),
             tcp_max_connections: 512,
             udp_workers: 2,
+            forward_in_flight: 512,
+            forward_timeout: Duration::from_millis(1500),
         }
     }
 }
@@ -50,6 +58,7 @@ struct Server {
     metrics: Arc<Metrics>,
     limits: Limits,
     connections: Arc<Semaphore>,
+    forwarder: Forwarder,
     shutdown: CancellationToken,
 }
 
@@ -68,13 +77,14 @@ pub async fn run(
         metrics,
         limits,
         connections: Arc::new(Semaphore::new(limits.tcp_max_connections)),
+        forwarder: Forwarder::new(limits.forward_in_flight, limits.forward_timeout),
         shutdown,
     });
     let tasks = TaskTracker::new();
     for socket in udp {
         let socket = Arc::new(socket);
         for _ in 0..limits.udp_workers.max(1) {
-            tasks.spawn(serve_udp(socket.clone(), server.clone()));
+            tasks.spawn(serve_udp(socket.clone(), server.clone(), tasks.clone()));
         }
     }
     for listener in tcp {
@@ -84,7 +94,7 @@ pub async fn run(
     tasks.wait().await;
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>) {
+async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>, tasks: TaskTracker) {
     let mut buf = vec![0u8; 65_535];
     loop {
         let received = tokio::select! {
@@ -99,19 +109,57 @@ async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>) {
                 continue;
             }
         };
-        let result = answer(
-            &server.snapshot.load(),
-            peer.ip(),
-            Transport::Udp,
-            &buf[..len],
-        );
-        record(&server.metrics, &result, peer, "udp");
-        if let Some(reply) = result.reply
-            && let Err(e) = socket.send_to(&reply, peer).await
-        {
-            debug!(error = %e, %peer, "udp send failed");
+        let query = &buf[..len];
+        let result = answer(&server.snapshot.load(), peer.ip(), Transport::Udp, query);
+        if result.outcome.forward.is_some() {
+            let (socket, server, query) = (socket.clone(), server.clone(), query.to_vec());
+            tasks.spawn(async move {
+                let reply = respond(&server, result, &query, peer, Transport::Udp).await;
+                send_udp(&socket, reply, peer).await;
+            });
+            continue;
+        }
+        let reply = respond(&server, result, query, peer, Transport::Udp).await;
+        send_udp(&socket, reply, peer).await;
+    }
+}
+
+async fn send_udp(socket: &UdpSocket, reply: Option<Vec<u8>>, peer: SocketAddr) {
+    if let Some(reply) = reply
+        && let Err(e) = socket.send_to(&reply, peer).await
+    {
+        debug!(error = %e, %peer, "udp send failed");
+    }
+}
+
+/// What goes back for `result`: its reply, or for a query to relay, the upstreams' answer (the
+/// prepared SERVFAIL when none comes); counted and logged either way.
+async fn respond(
+    server: &Server,
+    mut result: Answer,
+    query: &[u8],
+    peer: SocketAddr,
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    if let Some(forward) = result.outcome.forward {
+        let upstreams = (server.snapshot.load().spaces.get(forward.space))
+            .map(|space| space.upstreams.clone())
+            .unwrap_or_default();
+        let relayed = (server.forwarder)
+            .relay(&upstreams, query, transport, forward.limit)
+            .await;
+        match relayed {
+            Some(reply) => {
+                // RCODE is the low nibble of the fourth header byte.
+                let rcode = reply.get(3).map_or(0, |b| u16::from(b & 0x0f));
+                result.outcome.rcode = rcode.into();
+                result.reply = Some(reply);
+            }
+            None => debug!(%peer, ?upstreams, "no upstream answered a relayed query"),
         }
     }
+    record(&server.metrics, &result, peer, transport);
+    result.reply
 }
 
 async fn accept_tcp(listener: TcpListener, server: Arc<Server>, tasks: TaskTracker) {
@@ -161,8 +209,9 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
-        record(&server.metrics, &result, peer, "tcp");
-        let Some(reply) = result.reply else { continue };
+        let Some(reply) = respond(server, result, message, peer, Transport::Tcp).await else {
+            continue;
+        };
         let Ok(reply_len) = u16::try_from(reply.len()) else {
             continue;
         };
@@ -174,7 +223,11 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
 }
 
 /// Logs a query at debug level and counts it.
-fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: &'static str) {
+fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: Transport) {
+    let transport = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
     let rcode = result
         .reply
         .as_ref()
@@ -189,6 +242,7 @@ fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: &'sta
             rcode = %result.outcome.rcode,
             space = result.outcome.space,
             truncated = result.outcome.truncated,
+            relayed = result.outcome.forward.is_some(),
             "query answered"
         ),
     }
