@@ -1859,6 +1859,49 @@ async fn sni_picks_the_app_certificate_for_its_custom_domain_and_alpn_h2_works()
     assert_eq!(log.get("host"), "secure.example.org");
 }
 
+/// Issue 7, item 9: a name a client may not see does not exist for it, so the wildcard that
+/// covers it routes the request and picks the certificate, exactly as DNS answers.
+#[tokio::test]
+async fn issue_7_a_hidden_name_under_a_visible_wildcard_routes_and_certifies_as_the_wildcard() {
+    let wild = Dyno::start("wild-app").await;
+    let hidden = Dyno::start("hidden-app").await;
+    let router = TestRouter::start(&[
+        alpha(&[app(
+            "wild-app",
+            &[
+                "internal_routing: false",
+                "domains: [\"*.example.org\"]",
+                "tls: {cert: app.pem, key: app.key}",
+            ],
+            &[("web.1", wild.addr)],
+        )]),
+        beta(&[app(
+            "hidden-app",
+            &["domains: [secure.example.org]"],
+            &[("web.1", hidden.addr)],
+        )]),
+    ])
+    .await;
+    for from in [PUBLIC, SPACE] {
+        let r = fetch(router.http, from, "secure.example.org").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "wild-app"),
+            "{from}"
+        );
+        let tls = tls_connect(router.https, from, "secure.example.org", &[b"http/1.1"]).await;
+        let chain = tls.get_ref().1.peer_certificates().expect("a certificate");
+        assert_eq!(
+            chain[0],
+            certs().app_der,
+            "{from}: the wildcard app's certificate"
+        );
+    }
+    let r = fetch(router.http, BETA, "secure.example.org").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hidden-app"));
+    assert_eq!(hidden.count(), 1);
+}
+
 #[tokio::test]
 async fn sni_of_an_app_name_gets_the_default_certificate_over_http_1_1() {
     let (router, dyno) = tls_apps().await;
