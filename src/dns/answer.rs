@@ -266,6 +266,7 @@ impl Reply {
             None => {
                 // Only an rdata hickory cannot encode gets here; answer what we can say.
                 message.metadata.response_code = ResponseCode::ServFail;
+                message.signature = None;
                 message.answers.clear();
                 message.authorities.clear();
                 message.additionals.clear();
@@ -1187,6 +1188,30 @@ mod tests {
             (private.mname.to_ascii(), private.serial),
             ("ns1.s.internal.".into(), 7)
         );
+    }
+
+    /// Issue 7, item 8: a standard app's domain inside a zone file only trusted askers see is
+    /// its own apex to the public, with the public identity.
+    #[test]
+    fn issue_7_a_standard_apps_domain_in_a_trusted_zone_is_its_own_apex_to_the_public() {
+        let yaml = "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10], public: [127.100.0.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: std\n    internal_routing: false\n    domains: [www.corp.example.com]\n";
+        let zone = "$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nns1 IN A 127.16.0.2\n";
+        let s = snapshot_of(&[("d/s.yaml", yaml)], &[("d/corp.example.com.zone", zone)]);
+        let m = ask(&s, PUBLIC, "www.corp.example.com.", RecordType::MX);
+        assert_eq!(rcode_and_data(&m), (ResponseCode::NoError, vec![]));
+        let public = soa(&m).unwrap();
+        assert_eq!(
+            (public.0.as_str(), public.1.as_str()),
+            ("www.corp.example.com.", "www.corp.example.com.")
+        );
+        let m = ask(&s, SPACE, "www.corp.example.com.", RecordType::MX);
+        assert_eq!(
+            soa(&m).unwrap().1,
+            "ns1.corp.example.com.",
+            "the zone file's own"
+        );
+        let m = ask(&s, PUBLIC, "ns1.corp.example.com.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     }
 
     /// Issue 7, item 9: a name the asker may not see does not exist for it, so a covering

@@ -81,12 +81,17 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                 } else {
                     snapshot.hosts.insert(domain.clone(), app_ref);
                 }
-                if !zones.iter().any(|z| z.apex.zone_of(&base)) {
-                    snapshot
-                        .apexes
-                        .entry(base)
-                        .or_default()
-                        .push(Apex::Custom(app_ref));
+                // Its own apex, for every audience no zone file of the space covers: a standard
+                // app's domain inside a trusted-only zone file is its own apex to the public.
+                let held = |audience| {
+                    (zones.iter()).any(|z| z.audience == audience && z.apex.zone_of(&base))
+                };
+                let trusted = !held(Audience::Trusted);
+                if trusted || (!app.internal_routing && !held(Audience::Public)) {
+                    snapshot.apexes.entry(base).or_default().push(Apex::Custom {
+                        app: app_ref,
+                        public: !trusted,
+                    });
                 }
             }
             // Names are checked by validate, so these only fail on names no app can have.

@@ -148,8 +148,15 @@ pub enum Apex {
         /// Index in the space's zones.
         zone: usize,
     },
-    /// A custom domain (or a wildcard's base) that no zone file of its space holds.
-    Custom(AppRef),
+    /// A custom domain (or a wildcard's base) that no zone file of its space holds for some of
+    /// the askers who may see the app.
+    Custom {
+        /// The app.
+        app: AppRef,
+        /// Only askers its space does not trust see this apex (a standard app's domain inside
+        /// a zone file that only trusted askers see).
+        public: bool,
+    },
     /// An app domain, shared by the spaces that use it (ascending).
     Domain,
     /// `app.localspace.`, service discovery.

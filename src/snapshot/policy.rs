@@ -123,7 +123,11 @@ impl Snapshot {
         })
         .or_else(|| {
             pick(&|a| match *a {
-                Apex::Custom(app) if self.addresses(app, trusts).is_some() => Some(app.space),
+                Apex::Custom { app, public }
+                    if self.addresses(app, trusts).is_some() && !(public && trusted(app.space)) =>
+                {
+                    Some(app.space)
+                }
                 _ => None,
             })
         })
