@@ -79,27 +79,21 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
         _ => None,
     };
     reply.question = question.clone();
-    if header.metadata.op_code != OpCode::Query {
-        return reply.finish(ResponseCode::NotImp, transport);
-    }
-    let Some(question) = question else {
-        return reply.finish(ResponseCode::FormErr, transport);
-    };
 
     // The answer and authority sections of a query must hold nothing we would use, but they
     // must parse; the additional section carries the OPT record and any TSIG.
     let op = header.metadata.op_code;
-    let sections = Message::read_records(&mut decoder, header.counts.answers.into(), false, op)
-        .and_then(|_| {
-            Message::read_records(&mut decoder, header.counts.authorities.into(), false, op)
-        })
-        .and_then(|_| {
-            Message::read_records(&mut decoder, header.counts.additionals.into(), true, op)
-        });
-    let Ok((additionals, request_edns, _)) = sections else {
-        return reply.finish(ResponseCode::FormErr, transport);
-    };
-    if let Some(edns) = &request_edns {
+    let sections = question.as_ref().and_then(|_| {
+        Message::read_records(&mut decoder, header.counts.answers.into(), false, op)
+            .and_then(|_| {
+                Message::read_records(&mut decoder, header.counts.authorities.into(), false, op)
+            })
+            .and_then(|_| {
+                Message::read_records(&mut decoder, header.counts.additionals.into(), true, op)
+            })
+            .ok()
+    });
+    if let Some((_, Some(edns), _)) = &sections {
         reply.limit = edns.max_payload().clamp(512, UDP_PAYLOAD);
         let mut ours = Edns::new();
         ours.set_max_payload(UDP_PAYLOAD)
@@ -108,6 +102,12 @@ pub fn answer(snapshot: &Snapshot, client: IpAddr, transport: Transport, query: 
             .set_dnssec_ok(edns.flags().dnssec_ok);
         reply.edns = Some(ours);
     }
+    if op != OpCode::Query {
+        return reply.finish(ResponseCode::NotImp, transport);
+    }
+    let (Some(question), Some((additionals, request_edns, _))) = (question, sections) else {
+        return reply.finish(ResponseCode::FormErr, transport);
+    };
     // Bytes after the last record are not a DNS message (Knot answers FORMERR too).
     if !decoder.is_empty() {
         return reply.finish(ResponseCode::FormErr, transport);
@@ -1058,6 +1058,11 @@ mod tests {
         assert_eq!(&reply[..2], &q[..2], "ID");
         assert_eq!(reply[2], 0x80 | (15 << 3) | 0x01, "QR, opcode 15, RD only");
         assert_eq!(reply[3], 4, "NOTIMP and no other flag");
+        let mut q = query_bytes("herokuapp.com.", RecordType::SOA, edns_do());
+        q[2] = (q[2] & 0x87) | (15 << 3);
+        let m = ask_with(&s, PUBLIC, Transport::Udp, &q);
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        assert!(m.edns.expect("OPT echoed").flags().dnssec_ok);
         // FORMERR: a second question.
         let mut q = query_bytes("internal-app.herokuapp.com.", RecordType::A, None);
         q[5] = 2;
