@@ -1,6 +1,8 @@
 //! Interop with real peers: `dig`, `kdig` and unbound (as a forwarding resolver) against the
-//! `spaceroute serve` binary on the two-spaces fixture; curl and wrk against its router, with a
-//! real nginx as the app's dyno.
+//! `spaceroute serve` binary on the two-spaces fixture; for issue 7, the same with Knot as the
+//! public upstream of forwarded names, and dnsviz and zonemaster-cli as conformance checkers
+//! on the conformance fixture; curl and wrk against its router, with a real nginx as the app's
+//! dyno.
 //!
 //! Every test is `#[ignore]`: plain `cargo test` needs no outside program. `.ci/run` installs
 //! the programs and runs these with `--include-ignored`. Clients pick their source address
@@ -244,9 +246,14 @@ impl Unbound {
     /// Starts unbound on a fresh loopback address, forwarding to `server` from `outgoing`, and
     /// waits until it answers.
     fn start(server: &Binary, outgoing: &str) -> Unbound {
-        let addr = free_udp_and_tcp(unique_loopback());
+        Unbound::start_at(free_udp_and_tcp(unique_loopback()), server.dns, outgoing)
+    }
+
+    /// Starts unbound listening on `addr`, forwarding everything to `server` from `outgoing`
+    /// (which may be `addr`'s own IP), and waits until it answers.
+    fn start_at(addr: SocketAddr, server: SocketAddr, outgoing: &str) -> Unbound {
         let dir = tempfile::tempdir().unwrap();
-        let upstream = format!("{}@{}", server.dns.ip(), server.dns.port());
+        let upstream = format!("{}@{}", server.ip(), server.port());
         let mut conf = format!(
             "server:\n\
              \x20 chroot: \"\"\n\
@@ -267,7 +274,8 @@ impl Unbound {
              \x20 qname-minimisation: no\n\
              \x20 harden-referral-path: no\n\
              \x20 prefetch: no\n\
-             \x20 num-threads: 1\n",
+             \x20 num-threads: 1\n\
+             \x20 log-queries: yes\n",
             dir = dir.path().display(),
             ip = addr.ip(),
             port = addr.port(),
@@ -346,10 +354,11 @@ impl Unbound {
         }
     }
 
-    /// Asks unbound with dig, as a stub resolver would.
+    /// Asks unbound with dig from [`STUB`], as a stub resolver would.
     fn ask(&self, name: &str, qtype: &str) -> Reply {
         let r = peer::run(
             Command::new("dig")
+                .args(["-b", STUB])
                 .arg(format!("@{}", self.addr.ip()))
                 .args(["-p", &self.addr.port().to_string()])
                 .args(["+time=5", "+tries=1", name, qtype]),
@@ -363,10 +372,25 @@ impl Unbound {
         Reply::parse(&r.stdout)
     }
 
+    /// The queries unbound has logged (`log-queries`) as (client address, name), in order.
+    fn queries(&self) -> Vec<(String, String)> {
+        (self.log().lines())
+            .filter_map(|line| {
+                let mut f = line.split(" info: ").nth(1)?.split_whitespace();
+                let client = f.next()?;
+                client.parse::<std::net::IpAddr>().ok()?;
+                Some((client.to_string(), f.next()?.to_string()))
+            })
+            .collect()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default()
     }
 }
+
+/// The source address of the stub that asks unbound in these tests.
+const STUB: &str = "127.54.0.1";
 
 impl Drop for Unbound {
     fn drop(&mut self) {
@@ -524,6 +548,10 @@ mod peer {
         pub answers: Vec<Vec<String>>,
         /// Authority section records.
         pub authority: Vec<Vec<String>>,
+        /// Additional section records (not the OPT or TSIG pseudo-sections).
+        pub additional: Vec<Vec<String>>,
+        /// The TSIG record of the TSIG pseudo-section, if the reply has one.
+        pub tsig: Option<Vec<String>>,
         /// The whole output.
         pub text: String,
     }
@@ -536,6 +564,8 @@ mod peer {
                 flags: Vec::new(),
                 answers: Vec::new(),
                 authority: Vec::new(),
+                additional: Vec::new(),
+                tsig: None,
                 text: text.to_string(),
             };
             let mut section = "";
@@ -548,6 +578,8 @@ mod peer {
                     // A later header starts a new message (dig prints one per try).
                     reply.answers.clear();
                     reply.authority.clear();
+                    reply.additional.clear();
+                    reply.tsig = None;
                 }
                 let lower = line.to_ascii_lowercase();
                 if let Some(rest) = lower.strip_prefix(";; flags:") {
@@ -564,10 +596,15 @@ mod peer {
                     }
                     continue;
                 }
-                let fields = line.split_whitespace().map(String::from).collect();
+                let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
+                if fields.get(3).map(String::as_str) == Some("TSIG") {
+                    reply.tsig = Some(fields);
+                    continue;
+                }
                 match section {
                     ";; ANSWER SECTION:" => reply.answers.push(fields),
                     ";; AUTHORITY SECTION:" => reply.authority.push(fields),
+                    ";; ADDITIONAL SECTION:" => reply.additional.push(fields),
                     _ => {}
                 }
             }
@@ -601,6 +638,46 @@ mod peer {
             let mut want: Vec<&str> = data.to_vec();
             want.sort();
             assert_eq!(self.data(), want, "{self}");
+        }
+
+        /// The header's opcode as printed: `QUERY`, `RESERVED15`, ...
+        pub fn opcode(&self) -> String {
+            let at = self
+                .text
+                .rfind("opcode: ")
+                .map_or(self.text.len(), |i| i + 8);
+            (self.text[at..].chars())
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect()
+        }
+
+        /// The additional section's records as `owner type data`, sorted.
+        pub fn additional_records(&self) -> Vec<String> {
+            let mut records: Vec<String> = (self.additional.iter())
+                .filter(|f| f.len() > 4)
+                .map(|f| format!("{} {} {}", f[0], f[3], f[4..].join(" ")))
+                .collect();
+            records.sort();
+            records
+        }
+
+        /// The flags of the reply's OPT record (`do`), or `None` without one.
+        pub fn edns_flags(&self) -> Option<Vec<String>> {
+            // dig: `; EDNS: version: 0, flags: do; udp: 1232`;
+            // kdig: `;; Version: 0; flags: do; UDP size: 1232 B; ext-rcode: NOERROR`.
+            let line = (self.text.lines())
+                .rfind(|l| l.starts_with("; EDNS: version:") || l.starts_with(";; Version: "))?;
+            let flags = line.split("flags:").nth(1)?.split(';').next()?;
+            Some(flags.split_whitespace().map(String::from).collect())
+        }
+
+        /// The error field of the reply's TSIG record (`BADKEY`), if it has one.
+        pub fn tsig_error(&self) -> Option<&str> {
+            // owner TTL class TSIG algorithm time fudge mac-size [mac] original-id error ...
+            let f = self.tsig.as_ref()?;
+            let mac_size: usize = f.get(7)?.parse().ok()?;
+            let at = if mac_size == 0 { 9 } else { 10 };
+            f.get(at).map(String::as_str)
         }
 
         /// The UDP size of the reply's OPT record, if it has one.
@@ -674,6 +751,877 @@ internal-app.herokuapp.com.	30	IN	A	127.16.0.10
     r.expect("NOERROR", &["127.16.0.10"]);
     assert!(r.has_flag("aa") && !r.has_flag("tc"));
     assert_eq!((r.edns_udp_size(), r.transport()), (Some(1232), "UDP"));
+    assert_eq!(r.edns_flags(), Some(vec![]));
+    assert_eq!((r.opcode().as_str(), r.tsig_error()), ("QUERY", None));
+
+    // Issue 7's outputs: glue, the DO flag, an unknown opcode and a TSIG error.
+    let kdig = "\
+;; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 16833
+;; Flags: qr aa rd; QUERY: 1; ANSWER: 2; AUTHORITY: 0; ADDITIONAL: 3
+
+;; EDNS PSEUDOSECTION:
+;; Version: 0; flags: do; UDP size: 1232 B; ext-rcode: NOERROR
+
+;; QUESTION SECTION:
+;; herokuapp.com.      \t\tIN\tNS
+
+;; ANSWER SECTION:
+herokuapp.com.      \t300\tIN\tNS\tns1.herokuapp.com.
+herokuapp.com.      \t300\tIN\tNS\tns2.herokuapp.com.
+
+;; ADDITIONAL SECTION:
+ns1.herokuapp.com.  \t300\tIN\tA\t127.0.0.1
+ns2.herokuapp.com.  \t300\tIN\tA\t127.0.0.2
+
+;; Received 99 B
+";
+    let r = Reply::parse(kdig);
+    assert_eq!(r.edns_flags(), Some(vec!["do".to_string()]));
+    assert_eq!(
+        r.additional_records(),
+        [
+            "ns1.herokuapp.com. A 127.0.0.1",
+            "ns2.herokuapp.com. A 127.0.0.2"
+        ]
+    );
+    let dig = "\
+;; ->>HEADER<<- opcode: RESERVED15, status: NOTIMP, id: 1803
+;; flags: qr rd; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 0
+";
+    let r = Reply::parse(dig);
+    assert_eq!(
+        (r.opcode().as_str(), r.status.as_str()),
+        ("RESERVED15", "NOTIMP")
+    );
+    assert_eq!(
+        (r.flags.clone(), r.edns_flags()),
+        (vec!["qr".into(), "rd".into()], None)
+    );
+    let dig = "\
+;; ->>HEADER<<- opcode: QUERY, status: NOTAUTH, id: 34504
+;; flags: qr rd; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 2
+
+;; OPT PSEUDOSECTION:
+; EDNS: version: 0, flags:; udp: 1232
+;; QUESTION SECTION:
+;internal-app.herokuapp.com.\tIN\tA
+
+;; TSIG PSEUDOSECTION:
+nobody.\t\t\t0\tANY\tTSIG\thmac-sha256. 1795980627 300 0 34504 BADKEY 0
+;; Query time: 0 msec
+";
+    let r = Reply::parse(dig);
+    assert_eq!(
+        (r.status.as_str(), r.tsig_error()),
+        ("NOTAUTH", Some("BADKEY"))
+    );
+    assert_eq!(r.edns_flags(), Some(vec![]));
+    assert!(r.additional.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 7: answers that real resolvers and conformance checkers accept, and that tell outsiders
+// nothing.
+//
+// Most use tests/data/conformance: space `conformance` on 127.16/16; its peer `checkers`
+// (127.0.0.0/24) may see everything and prod-vpc (127.31/16) may not see internal-app; the app
+// domain's nameservers are in bailiwick (ns1/ns2.herokuapp.com on 127.0.0.1/127.0.0.2) and the
+// public sees its own identity (`public:`); the zone file corp.example.com has in-zone
+// nameservers and the delegation `lab`; internal-app owns x.y.corp.example.com and
+// *.tools.corp.example.com, so y. and tools.corp.example.com are empty non-terminals.
+
+/// A source in the conformance fixture's `checkers` peer.
+const CHECKER: &str = "127.0.0.5";
+
+/// The directory of the conformance fixture.
+fn conformance_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance")
+}
+
+/// Issue 7, item 1: nameservers inside the app domain answer their addresses with AA, and the
+/// NS answer carries glue only for names we are authoritative for.
+#[test]
+#[ignore = "needs kdig"]
+fn issue_7_kdig_gets_in_bailiwick_nameservers_answered_and_glue_only_from_inside_the_zone() {
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        for from in [SPACE, CHECKER] {
+            for (name, ip) in [
+                ("ns1.herokuapp.com", "127.0.0.1"),
+                ("NS2.herokuapp.com", "127.0.0.2"),
+            ] {
+                let r = kdig(&server, from, name, "A", tcp, &["+norec"]);
+                r.expect("NOERROR", &[ip]);
+                assert!(r.has_flag("aa"), "{r}");
+            }
+            let r = kdig(&server, from, "ns1.herokuapp.com", "AAAA", tcp, &[]);
+            r.expect("NOERROR", &[]);
+            assert_eq!(r.authority_types(), ["SOA"], "{r}");
+            let r = kdig(&server, from, "herokuapp.com", "NS", tcp, &[]);
+            r.expect("NOERROR", &["ns1.herokuapp.com.", "ns2.herokuapp.com."]);
+            assert!(r.has_flag("aa"), "{r}");
+            assert_eq!(
+                r.additional_records(),
+                [
+                    "ns1.herokuapp.com. A 127.0.0.1",
+                    "ns2.herokuapp.com. A 127.0.0.2"
+                ],
+                "{r}"
+            );
+        }
+        // Nothing exists below a nameserver, and the public is refused as for every private name.
+        let r = kdig(&server, SPACE, "x.ns1.herokuapp.com", "A", tcp, &[]);
+        r.expect("NXDOMAIN", &[]);
+        assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        let r = kdig(&server, PUBLIC, "ns1.herokuapp.com", "A", tcp, &[]);
+        r.expect("REFUSED", &[]);
+        assert!(!r.has_flag("aa"), "{r}");
+    }
+    // A nameserver outside the zone (two-spaces: ns1.alpha.internal) gets no glue: asked
+    // directly, that name is refused, so its address must not ride along either.
+    let server = Binary::start(&fixture_dir());
+    for tcp in [false, true] {
+        let r = kdig(&server, SPACE, "herokuapp.com", "NS", tcp, &[]);
+        r.expect("NOERROR", &["ns1.alpha.internal."]);
+        assert!(r.additional.is_empty(), "{r}");
+        kdig(&server, SPACE, "ns1.alpha.internal", "A", tcp, &[]).expect("REFUSED", &[]);
+    }
+}
+
+/// Issue 7, item 2: the parents of custom domains are empty non-terminals (NODATA) for askers
+/// who may see the app below, and do not exist for those who may not.
+#[test]
+#[ignore = "needs kdig"]
+fn issue_7_kdig_finds_parents_of_custom_domains_empty_for_those_who_see_below_absent_for_others() {
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        for from in [SPACE, CHECKER] {
+            for name in ["y.corp.example.com", "tools.corp.example.com"] {
+                let r = kdig(&server, from, name, "A", tcp, &[]);
+                r.expect("NOERROR", &[]);
+                assert!(r.has_flag("aa"), "{r}");
+                assert_eq!(r.authority_types(), ["SOA"], "{r}");
+                assert_eq!(r.authority[0][0], "corp.example.com.", "{r}");
+            }
+            kdig(&server, from, "x.y.corp.example.com", "A", tcp, &[])
+                .expect("NOERROR", &["127.16.0.10"]);
+            kdig(&server, from, "a.tools.corp.example.com", "A", tcp, &[])
+                .expect("NOERROR", &["127.16.0.10"]);
+        }
+        // prod-vpc may not see internal-app: for it nothing is below, exactly as for a name
+        // that never existed in the zone.
+        for name in [
+            "y.corp.example.com",
+            "tools.corp.example.com",
+            "x.y.corp.example.com",
+            "never.corp.example.com",
+        ] {
+            let r = kdig(&server, PROD_VPC, name, "A", tcp, &[]);
+            r.expect("NXDOMAIN", &[]);
+            assert!(r.has_flag("aa"), "{r}");
+            assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        }
+        kdig(&server, PUBLIC, "y.corp.example.com", "A", tcp, &[]).expect("REFUSED", &[]);
+    }
+}
+
+/// Issue 7, item 3: the DO bit comes back in the OPT of every response, whatever its rcode,
+/// over UDP and TCP; without DO in the query there is none in the answer.
+#[test]
+#[ignore = "needs kdig"]
+fn issue_7_kdig_gets_the_do_bit_back_whatever_the_rcode_over_udp_and_tcp() {
+    let server = Binary::start(&conformance_dir());
+    let flags = |f: &[&str]| Some(f.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for tcp in [false, true] {
+        for (from, name, qtype, status) in [
+            (SPACE, "corp.example.com", "SOA", "NOERROR"),
+            (SPACE, "y.corp.example.com", "A", "NOERROR"),
+            (SPACE, "nope.corp.example.com", "A", "NXDOMAIN"),
+            (PROD_VPC, "internal-app.herokuapp.com", "A", "NXDOMAIN"),
+            (PUBLIC, "std-app.herokuapp.com", "A", "NOERROR"),
+            (PUBLIC, "internal-app.herokuapp.com", "A", "REFUSED"),
+            (SPACE, "www.example.com", "A", "REFUSED"),
+        ] {
+            let r = kdig(&server, from, name, qtype, tcp, &["+dnssec"]);
+            assert_eq!(r.status, status, "{r}");
+            assert_eq!(r.edns_flags(), flags(&["do"]), "{r}");
+            let r = kdig(&server, from, name, qtype, tcp, &["+edns"]);
+            assert_eq!(r.status, status, "{r}");
+            assert_eq!(r.edns_flags(), flags(&[]), "no DO asked, none given: {r}");
+        }
+        // An EDNS version we do not speak: BADVERS, still with DO (as BIND does).
+        let r = kdig(
+            &server,
+            SPACE,
+            "corp.example.com",
+            "SOA",
+            tcp,
+            &["+dnssec", "+edns=1"],
+        );
+        r.expect("BADVERS", &[]);
+        assert_eq!(r.edns_flags(), flags(&["do"]), "{r}");
+    }
+}
+
+/// Issue 7, item 4: DS at a delegation inside a zone file is the parent's data: AA, NODATA
+/// with the SOA (RFC 4035 §3.1.4.1), not a referral; other types there still get one.
+#[test]
+#[ignore = "needs kdig"]
+fn issue_7_kdig_gets_ds_at_a_delegation_from_the_parent_not_a_referral() {
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        let r = kdig(
+            &server,
+            SPACE,
+            "lab.corp.example.com",
+            "DS",
+            tcp,
+            &["+dnssec"],
+        );
+        r.expect("NOERROR", &[]);
+        assert!(r.has_flag("aa"), "{r}");
+        assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        assert_eq!(r.authority[0][0], "corp.example.com.", "{r}");
+        for (name, qtype) in [
+            ("lab.corp.example.com", "A"),
+            ("x.lab.corp.example.com", "DS"),
+        ] {
+            let r = kdig(&server, SPACE, name, qtype, tcp, &[]);
+            r.expect("NOERROR", &[]);
+            assert!(!r.has_flag("aa"), "a referral: {r}");
+            assert_eq!(r.authority_types(), ["NS"], "{r}");
+            assert_eq!(
+                r.additional_records(),
+                ["ns.lab.corp.example.com. A 127.16.9.9"],
+                "{r}"
+            );
+        }
+        kdig(&server, PUBLIC, "lab.corp.example.com", "DS", tcp, &[]).expect("REFUSED", &[]);
+    }
+}
+
+/// Issue 7, items 5 and 7: an unknown opcode gets NOTIMP that echoes only ID, opcode and RD
+/// (dig checks the ID), and a query with bytes after its last record gets FORMERR.
+#[test]
+#[ignore = "needs dig"]
+fn issue_7_dig_with_an_unknown_opcode_gets_notimp_echoing_only_id_opcode_and_rd() {
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        for from in [SPACE, PUBLIC] {
+            for (rd, want) in [("+rec", vec!["qr", "rd"]), ("+norec", vec!["qr"])] {
+                let opts = [
+                    "+opcode=15",
+                    "+cd",
+                    "+adflag",
+                    "+aaflag",
+                    "+zflag",
+                    "+noedns",
+                    rd,
+                ];
+                let r = dig(&server, from, "internal-app.herokuapp.com", "A", tcp, &opts);
+                assert_eq!(
+                    (r.opcode().as_str(), r.status.as_str()),
+                    ("RESERVED15", "NOTIMP"),
+                    "{r}"
+                );
+                assert_eq!(r.flags, want, "{r}");
+                assert!(!r.text.contains("MBZ"), "Z echoed: {r}");
+                assert!(r.answers.is_empty() && r.authority.is_empty(), "{r}");
+            }
+        }
+    }
+
+    // Item 7 (no peer sends it): one byte after a complete query, over UDP and TCP.
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    let mut query = common::query("internal-app.herokuapp.com.", RecordType::A, Some(1232));
+    query[3] |= 0x10 | 0x20; // CD and AD, which the FORMERR must not echo
+    let whole = udp_exchange(server.dns, SPACE, &query);
+    assert_eq!(whole.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(whole.answers.len(), 1, "{whole:?}");
+    query.push(0);
+    for m in [
+        udp_exchange(server.dns, SPACE, &query),
+        tcp_exchange(server.dns, &query),
+    ] {
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{m:?}");
+        assert_eq!(m.metadata.id, common::id_of(&query), "{m:?}");
+        assert!(m.answers.is_empty(), "{m:?}");
+        let flags = &m.metadata;
+        assert!(flags.recursion_desired, "RD echoed: {m:?}");
+        assert!(
+            !flags.checking_disabled && !flags.authentic_data && !flags.authoritative,
+            "{m:?}"
+        );
+    }
+}
+
+/// Issue 7, item 3 with item 5: a NOTIMP to a query with an OPT still carries an OPT with the
+/// DO bit (RFC 6891 §7: "If an OPT record is present in a received request, compliant
+/// responders MUST include an OPT record in their respective responses"; Knot and BIND do).
+#[test]
+#[ignore = "needs dig"]
+fn issue_7_dig_with_an_unknown_opcode_and_edns_gets_the_opt_and_do_back() {
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        let opts = ["+opcode=15", "+cd", "+dnssec"];
+        let r = dig(
+            &server,
+            SPACE,
+            "internal-app.herokuapp.com",
+            "A",
+            tcp,
+            &opts,
+        );
+        assert_eq!(r.status, "NOTIMP", "{r}");
+        assert_eq!(r.flags, ["qr", "rd"], "{r}");
+        assert_eq!(r.edns_flags(), Some(vec!["do".to_string()]), "{r}");
+    }
+}
+
+/// Issue 7, item 6: a query signed with a TSIG key we do not know gets NOTAUTH with the TSIG
+/// error BADKEY and no data (RFC 8945 §5.2), from any source, as dig and kdig read it.
+#[test]
+#[ignore = "needs dig and kdig"]
+fn issue_7_dig_and_kdig_signing_with_an_unknown_tsig_key_get_notauth_badkey() {
+    let server = Binary::start(&conformance_dir());
+    let key = "hmac-sha256:nobody.example:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+    for tcp in [false, true] {
+        for from in [SPACE, PUBLIC] {
+            let r = dig(
+                &server,
+                from,
+                "std-app.herokuapp.com",
+                "A",
+                tcp,
+                &["-y", key],
+            );
+            assert_eq!(r.status, "NOTAUTH", "{r}");
+            assert_eq!(r.tsig_error(), Some("BADKEY"), "{r}");
+            assert_eq!(r.tsig.as_ref().unwrap()[0], "nobody.example.", "{r}");
+            assert!(r.answers.is_empty() && r.authority.is_empty(), "{r}");
+            // kdig prints the TSIG error as the status (NOTAUTH extended by BADKEY).
+            let r = kdig(
+                &server,
+                from,
+                "std-app.herokuapp.com",
+                "A",
+                tcp,
+                &["-y", key],
+            );
+            assert_eq!(r.status, "BADKEY", "{r}");
+            assert_eq!(r.tsig_error(), Some("BADKEY"), "{r}");
+            assert!(r.answers.is_empty() && r.authority.is_empty(), "{r}");
+        }
+    }
+    // Unsigned, the same question is answered: the key alone made the difference.
+    kdig(&server, PUBLIC, "std-app.herokuapp.com", "A", false, &[])
+        .expect("NOERROR", &["127.100.0.10"]);
+}
+
+/// Issue 7, item 8: a public asker's NODATA for a standard app carries a public SOA (the
+/// configured `public:` identity, or a neutral one named after the apex), never the space's.
+#[test]
+#[ignore = "needs dig"]
+fn issue_7_dig_from_the_public_sees_a_public_soa_never_the_private_one() {
+    // The conformance space sets `public: {nameservers: [ns1.public-dns.example.net], hostmaster:
+    // dns.example.net}`.
+    let server = Binary::start(&conformance_dir());
+    for tcp in [false, true] {
+        let r = dig(&server, PUBLIC, "std-app.herokuapp.com", "AAAA", tcp, &[]);
+        r.expect("NOERROR", &[]);
+        assert!(r.has_flag("aa"), "{r}");
+        assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        let soa = &r.authority[0];
+        assert_eq!(
+            (soa[0].as_str(), soa[4].as_str(), soa[5].as_str()),
+            (
+                "herokuapp.com.",
+                "ns1.public-dns.example.net.",
+                "dns.example.net."
+            ),
+            "{r}"
+        );
+        // The space itself sees its own identity.
+        let r = dig(&server, SPACE, "std-app.herokuapp.com", "AAAA", tcp, &[]);
+        assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        assert_eq!(r.authority[0][4], "ns1.herokuapp.com.", "{r}");
+        assert!(r.authority[0][5].contains("conformance"), "{r}");
+    }
+    // two-spaces sets no `public:`: the neutral SOA names the apex, and nothing says alpha.
+    let server = Binary::start(&fixture_dir());
+    for tcp in [false, true] {
+        for (name, qtype) in [
+            ("std-app.herokuapp.com", "AAAA"),
+            ("www.example.net", "MX"),
+            ("www.example.net", "NS"),
+        ] {
+            let r = dig(&server, PUBLIC, name, qtype, tcp, &[]);
+            r.expect("NOERROR", &[]);
+            assert_eq!(r.authority_types(), ["SOA"], "{r}");
+            let soa = &r.authority[0];
+            assert_eq!(soa[4], soa[0], "a neutral MNAME: {r}");
+            assert!(!soa[5].contains("alpha"), "{r}");
+            assert!(r.additional.is_empty(), "{r}");
+        }
+        // (TXT: the space's router has an IPv6 address, so AAAA is no NODATA for it.)
+        let r = dig(&server, SPACE, "std-app.herokuapp.com", "TXT", tcp, &[]);
+        assert_eq!(r.authority_types(), ["SOA"], "{r}");
+        assert_eq!(r.authority[0][4], "ns1.alpha.internal.", "{r}");
+    }
+}
+
+/// Sends `query` over UDP from `from` to `to`; the decoded reply, which must come within 3 s.
+fn udp_exchange(to: SocketAddr, from: &str, query: &[u8]) -> hickory_proto::op::Message {
+    let socket = UdpSocket::bind((from.parse::<Ipv4Addr>().unwrap(), 0)).expect("bind client");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    socket.send_to(query, to).expect("send");
+    let mut buf = [0u8; 65_535];
+    let (n, _) = socket.recv_from(&mut buf).expect("a udp reply within 3 s");
+    hickory_proto::op::Message::from_vec(&buf[..n]).expect("the reply parses")
+}
+
+/// Sends `query` over a new TCP connection (from 127.0.0.1) to `to`; the decoded reply.
+fn tcp_exchange(to: SocketAddr, query: &[u8]) -> hickory_proto::op::Message {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let len = u16::try_from(query.len()).unwrap().to_be_bytes();
+    stream.write_all(&[&len[..], query].concat()).expect("send");
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).expect("a tcp reply within 3 s");
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).expect("the whole tcp reply");
+    hickory_proto::op::Message::from_vec(&buf).expect("the reply parses")
+}
+
+/// Issue 7: dnsviz (probe with delegation and EDNS checks, then grok) and zonemaster-cli find
+/// no error and no warning on the app domain with in-bailiwick nameservers nor on a zone file.
+/// Both only speak to port 53, so tests/data/conformance/check.sh runs spaceroute on
+/// 127.0.0.1:53 and 127.0.0.2:53 in a private network namespace (`unshare --net`, in a user
+/// namespace of its own so that no root is needed where those are allowed).
+#[test]
+#[ignore = "needs dnsviz, bind9 (named, named-checkconf), zonemaster-cli, kdig, ip and unshare"]
+fn issue_7_dnsviz_and_zonemaster_find_no_errors_or_warnings_on_the_app_domain_and_a_zone_file() {
+    let out = tempfile::tempdir().unwrap();
+    let script = conformance_dir().join("check.sh");
+    let started = Instant::now();
+    let run = peer::run(
+        Command::new("unshare")
+            .args(["--net", "--map-root-user", "sh"])
+            .arg(&script)
+            .arg(env!("CARGO_BIN_EXE_spaceroute"))
+            .arg(conformance_dir())
+            .arg(out.path()),
+        Duration::from_secs(120),
+    );
+    let log = std::fs::read_to_string(out.path().join("spaceroute.log")).unwrap_or_default();
+    assert!(run.success, "{run}\nspaceroute log:\n{log}");
+    eprintln!("{}\n(in {:?})", run.stdout, started.elapsed());
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let find = |prefix: &str| -> Vec<&str> {
+        (lines.iter().copied())
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    };
+    for (zone, names) in [
+        (
+            "herokuapp.com",
+            &[
+                "\"ns1.herokuapp.com.\": \"NOERROR\"",
+                "\"std-app.herokuapp.com.\": \"NOERROR\"",
+            ],
+        ),
+        (
+            "corp.example.com",
+            &[
+                "\"y.corp.example.com.\": \"NOERROR\"",
+                "\"x.y.corp.example.com.\": \"NOERROR\"",
+            ],
+        ),
+    ] {
+        let dnsviz = find(&format!("dnsviz {zone}: "));
+        assert!(
+            dnsviz.contains(&format!("dnsviz {zone}: 0 errors, 0 warnings").as_str()),
+            "dnsviz on {zone}:\n{}",
+            dnsviz.join("\n")
+        );
+        let statuses = find(&format!("dnsviz {zone}: names ")).join("\n");
+        for name in names {
+            assert!(statuses.contains(name), "{name} in {statuses}");
+        }
+        let zonemaster = find(&format!("zonemaster {zone}: "));
+        let bad: Vec<&&str> = (zonemaster.iter())
+            .filter(|l| {
+                [" WARNING ", " ERROR ", " CRITICAL "]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "zonemaster on {zone}:\n{}",
+            zonemaster.join("\n")
+        );
+        // The last line counts every level; lots of INFO shows the profile kept the tests on.
+        let counts = zonemaster.last().copied().unwrap_or("");
+        let info: u32 = (counts.split("\"INFO\": ").nth(1))
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            info >= 20,
+            "zonemaster on {zone} ran too few tests: {counts}"
+        );
+    }
+}
+
+/// The public herokuapp.com as Knot serves it in the forwarding tests: an app no space lists,
+/// a name that a space also lists (with a public address that must never reach a trusted
+/// asker), and an RRset too big for one UDP answer.
+fn public_herokuapp_zone() -> String {
+    let mut zone = String::from(
+        "$ORIGIN herokuapp.com.\n\
+         $TTL 300\n\
+         @ IN SOA ns1.public-dns.example. hostmaster.public-dns.example. 1 14400 3600 1209600 300\n\
+         @ IN NS ns1.public-dns.example.\n\
+         some-public-app IN A 127.100.0.99\n\
+         other-public-app IN A 127.100.0.98\n\
+         internal-app IN A 127.100.0.97\n",
+    );
+    for i in 0..40 {
+        zone.push_str(&format!(
+            "big IN TXT \"record {i:02} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n"
+        ));
+    }
+    zone
+}
+
+/// A space file whose unlisted herokuapp.com names are forwarded to `upstream`, with the peer
+/// prod-vpc (127.31/16) and, when given, the peer `resolver` of that one address.
+fn forwarding_space(upstream: SocketAddr, resolver: Option<Ipv4Addr>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let resolver = resolver.map_or(String::new(), |ip| {
+        format!("  - {{name: resolver, cidrs: [{ip}/32]}}\n")
+    });
+    let yaml = format!(
+        "space: forwarding\n\
+         network: 127.16.0.0/16\n\
+         peers:\n\
+         \x20 - {{name: prod-vpc, cidrs: [127.31.0.0/16]}}\n\
+         {resolver}\
+         router: {{private: [127.16.0.10], public: [127.100.0.10]}}\n\
+         unlisted:\n\
+         \x20 policy: forward\n\
+         \x20 upstreams: [\"{upstream}\"]\n\
+         apps:\n\
+         \x20 - name: internal-app\n\
+         \x20 - name: std-app\n\
+         \x20   internal_routing: false\n"
+    );
+    std::fs::write(dir.path().join("forwarding.yaml"), yaml).unwrap();
+    dir
+}
+
+/// Issue 7, unlisted names: unbound forwards all of herokuapp.com to us; we answer the names
+/// our spaces list and relay the others to the public servers (Knot here), for trusted askers
+/// only. A public resolver gets nothing private and nothing relayed.
+#[test]
+#[ignore = "needs knotd, unbound, dig and kdig"]
+fn issue_7_unbound_gets_our_apps_privately_and_unlisted_names_from_the_upstream() {
+    let mut knot = Knot::start("herokuapp.com.", &public_herokuapp_zone());
+    let dir = forwarding_space(knot.addr, None);
+    let server = Binary::start(dir.path());
+
+    // A resolver in prod-vpc: the space's apps privately, the rest as the public servers say.
+    let resolver = Unbound::start(&server, "127.31.0.53");
+    resolver
+        .ask("internal-app.herokuapp.com", "A")
+        .expect("NOERROR", &["127.16.0.10"]);
+    resolver
+        .ask("std-app.herokuapp.com", "A")
+        .expect("NOERROR", &["127.16.0.10"]);
+    let r = resolver.ask("some-public-app.herokuapp.com", "A");
+    r.expect("NOERROR", &["127.100.0.99"]);
+    assert!(r.has_flag("ra"), "{r}");
+    let r = resolver.ask("no-such-app.herokuapp.com", "A");
+    r.expect("NXDOMAIN", &[]);
+    assert!(
+        r.authority
+            .iter()
+            .any(|f| f.contains(&"ns1.public-dns.example.".to_string())),
+        "the upstream's SOA: {r}"
+    );
+    // Too big for UDP anywhere on the way: every hop falls back to TCP, and all 40 arrive.
+    let r = resolver.ask("big.herokuapp.com", "TXT");
+    assert_eq!((r.status.as_str(), r.answers.len()), ("NOERROR", 40), "{r}");
+
+    // Asked directly: the upstream's answer with the asker's ID (kdig drops any other) and AA
+    // as Knot set it, over UDP and TCP; then dig over TCP gets the whole big RRset, which we
+    // fetched from Knot over TCP after its truncated UDP answer.
+    for tcp in [false, true] {
+        let r = kdig(
+            &server,
+            PROD_VPC,
+            "other-public-app.herokuapp.com",
+            "A",
+            tcp,
+            &[],
+        );
+        r.expect("NOERROR", &["127.100.0.98"]);
+        assert!(r.has_flag("aa"), "{r}");
+        let r = kdig(
+            &server,
+            PROD_VPC,
+            "internal-app.herokuapp.com",
+            "A",
+            tcp,
+            &[],
+        );
+        r.expect("NOERROR", &["127.16.0.10"]);
+        // The public is not relayed to.
+        let r = kdig(
+            &server,
+            PUBLIC,
+            "other-public-app.herokuapp.com",
+            "A",
+            tcp,
+            &[],
+        );
+        r.expect("REFUSED", &[]);
+    }
+    let r = dig(&server, PROD_VPC, "big.herokuapp.com", "TXT", true, &[]);
+    assert_eq!((r.status.as_str(), r.answers.len()), ("NOERROR", 40), "{r}");
+    assert!(!r.has_flag("tc"), "{r}");
+    drop(resolver);
+
+    // A resolver with a public outgoing address: we refuse it everything but the standard app
+    // (unbound turns REFUSED into SERVFAIL), so no private and no relayed address reaches its
+    // stub.
+    let resolver = Unbound::start(&server, "127.200.0.53");
+    for name in [
+        "internal-app.herokuapp.com",
+        "some-public-app.herokuapp.com",
+        "no-such-app.herokuapp.com",
+    ] {
+        let r = resolver.ask(name, "A");
+        r.expect("SERVFAIL", &[]);
+        assert!(
+            !r.text.contains("127.16.") && !r.text.contains("127.100.0.9"),
+            "{r}"
+        );
+    }
+    resolver
+        .ask("std-app.herokuapp.com", "A")
+        .expect("NOERROR", &["127.100.0.10"]);
+    assert!(knot.alive(), "knotd exited:\n{}", knot.log());
+}
+
+/// Issue 7, unlisted names: when our upstream is a resolver that forwards the app domain back
+/// to us, a query from its address for an unlisted name gets SERVFAIL at once instead of a
+/// relay, so the loop ends after a handful of queries.
+#[test]
+#[ignore = "needs unbound, kdig and dig"]
+fn issue_7_an_upstream_that_forwards_the_app_domain_back_to_us_gets_servfail_and_the_loop_ends() {
+    // unbound listens on the address it sends from: that address is our upstream and a
+    // trusted peer, so every query it forwards to us comes from our own upstream.
+    let ip = unique_loopback();
+    let resolver_addr = free_udp_and_tcp(ip);
+    let dir = forwarding_space(resolver_addr, Some(ip));
+    let server = Binary::start_with(dir.path(), &["--metrics", "127.0.0.1:0"]);
+    let resolver = Unbound::start_at(resolver_addr, server.dns, &ip.to_string());
+    let queries_before = dns_queries(&server);
+
+    // A stub asks the resolver: we see the query from our upstream and cut it.
+    let started = Instant::now();
+    let r = resolver.ask("some-public-app.herokuapp.com", "A");
+    r.expect("SERVFAIL", &[]);
+    let via_resolver = started.elapsed();
+    // Every query unbound got came from the stub: we relayed nothing back to it.
+    let relayed = |resolver: &Unbound| -> Vec<String> {
+        (resolver.queries().into_iter())
+            .filter(|(client, name)| client != STUB && name.ends_with(".herokuapp.com."))
+            .map(|(client, name)| format!("{client} {name}"))
+            .collect()
+    };
+    assert_eq!(
+        relayed(&resolver),
+        Vec::<String>::new(),
+        "{}",
+        resolver.log()
+    );
+
+    // A trusted asker asks us: we relay once to the resolver, which asks us back from our
+    // upstream's address; that query is cut, and the SERVFAIL comes back down.
+    let started = Instant::now();
+    let r = kdig(
+        &server,
+        PROD_VPC,
+        "other-public-app.herokuapp.com",
+        "A",
+        false,
+        &[],
+    );
+    r.expect("SERVFAIL", &[]);
+    let direct = started.elapsed();
+    let queries = dns_queries(&server) - queries_before;
+    eprintln!(
+        "loop cut: via the resolver in {via_resolver:?}, directly in {direct:?}; \
+         {queries} queries reached spaceroute, it relayed {:?}",
+        relayed(&resolver)
+    );
+    assert!(
+        via_resolver < Duration::from_secs(3) && direct < Duration::from_secs(3),
+        "slow: {via_resolver:?}, {direct:?}"
+    );
+    assert!(
+        (2..=20).contains(&queries),
+        "{queries} queries reached spaceroute"
+    );
+    assert_eq!(
+        relayed(&resolver).len(),
+        1,
+        "one relay, for the direct asker:\n{}",
+        resolver.log()
+    );
+
+    // The path itself works: the resolver is a trusted peer and gets the space's apps.
+    resolver
+        .ask("internal-app.herokuapp.com", "A")
+        .expect("NOERROR", &["127.16.0.10"]);
+}
+
+/// The sum of spaceroute's `spaceroute_dns_queries_total` counters (every transport and rcode).
+fn dns_queries(server: &Binary) -> u64 {
+    use std::io::{Read, Write};
+    let addr = server.metrics.expect("started with --metrics");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read /metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    (text.lines())
+        .filter(|l| l.starts_with("spaceroute_dns_queries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A Knot DNS server (knotd) run by the test in the foreground on a fresh loopback address,
+/// with its config, run directory, storage and zone in a temporary directory; dropping it
+/// stops it.
+struct Knot {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Knot {
+    /// Starts knotd serving `zone` (zone file text) for `origin` and waits until it answers
+    /// the zone's SOA.
+    fn start(origin: &str, zone: &str) -> Knot {
+        let addr = free_udp_and_tcp(unique_loopback());
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        std::fs::create_dir_all(dir.path().join("storage")).unwrap();
+        std::fs::write(dir.path().join("zone"), zone).unwrap();
+        let conf = format!(
+            "server:\n\
+             \x20   rundir: \"{d}/run\"\n\
+             \x20   pidfile: \"{d}/run/knot.pid\"\n\
+             \x20   listen: {ip}@{port}\n\
+             log:\n\
+             \x20 - target: stderr\n\
+             \x20   any: info\n\
+             database:\n\
+             \x20   storage: \"{d}/storage\"\n\
+             zone:\n\
+             \x20 - domain: {origin}\n\
+             \x20   file: \"{d}/zone\"\n\
+             \x20   zonefile-sync: -1\n",
+            ip = addr.ip(),
+            port = addr.port(),
+        );
+        let path = dir.path().join("knot.conf");
+        std::fs::write(&path, &conf).unwrap();
+        let check = peer::run(
+            Command::new("knotc").arg("-c").arg(&path).arg("conf-check"),
+            Duration::from_secs(20),
+        );
+        assert!(check.success, "knotc conf-check:\n{check}\n{conf}");
+        let log = std::fs::File::create(dir.path().join("knotd.log")).unwrap();
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn knotd");
+        let mut knot = Knot { child, addr, dir };
+        knot.wait_until_serving(origin, Duration::from_secs(20));
+        knot
+    }
+
+    /// Polls with an SOA query for `origin` until Knot answers it with AA (the zone loaded);
+    /// panics with its log if it exits or the deadline passes.
+    fn wait_until_serving(&mut self, origin: &str, limit: Duration) {
+        use hickory_proto::op::Message;
+        use hickory_proto::rr::RecordType;
+        let query = common::query(origin, RecordType::SOA, None);
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("knotd exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "knotd did not serve {origin} on {} within {limit:?}:\n{}",
+                self.addr,
+                self.log()
+            );
+            // Sending fails while nothing listens (ICMP port unreachable); keep polling.
+            let _ = socket.send_to(&query, self.addr);
+            if let Ok((n, _)) = socket.recv_from(&mut buf)
+                && let Ok(m) = Message::from_vec(&buf[..n])
+                && m.metadata.id == common::id_of(&query)
+                && m.metadata.authoritative
+            {
+                return;
+            }
+        }
+    }
+
+    /// Whether knotd is still running.
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

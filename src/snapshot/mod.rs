@@ -214,7 +214,8 @@ impl Snapshot {
             let mname = (space.nameservers.first()).map_or_else(Name::root, |(n, _)| n.clone());
             (mname, space.hostmaster.clone(), space.serial)
         };
-        let soa = SOA::new(mname, rname, serial, 3600, 600, 604_800, space.ttl);
+        // Refresh 4 h, retry 1 h, expire 1 week: the values RFC 1912 §2.2 and Zonemaster ask for.
+        let soa = SOA::new(mname, rname, serial, 14_400, 3600, 604_800, space.ttl);
         Some(Record::from_rdata(
             view.apex.clone(),
             space.ttl,
