@@ -327,31 +327,18 @@ impl Unbound {
         question.set_query_class(DNSClass::CH);
         query.add_query(question);
         let bytes = query.to_vec().unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 512];
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("unbound exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "unbound did not answer on {} within {limit:?}:\n{}",
-                self.addr,
-                self.log()
-            );
-            // Sending fails while nothing listens (ICMP port unreachable); keep polling.
-            let _ = socket.send_to(&bytes, self.addr);
-            if let Ok((n, _)) = socket.recv_from(&mut buf)
-                && n >= 2
-                && buf[..2] == bytes[..2]
-            {
-                return;
-            }
-        }
+        let accept = |reply: &[u8]| reply.get(..2) == bytes.get(..2);
+        let log =
+            || std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default();
+        poll_udp(
+            &mut self.child,
+            "unbound",
+            self.addr,
+            &bytes,
+            limit,
+            accept,
+            log,
+        );
     }
 
     /// Asks unbound with dig from [`STUB`], as a stub resolver would.
@@ -401,6 +388,42 @@ impl Drop for Unbound {
 
 /// A loopback address no other test of this run uses: 127.53.x.y, from the process ID and a
 /// counter, so that ports picked on it cannot clash with another test's.
+/// Sends `query` over UDP to `addr` every 100 ms until a reply passes `accept`; panics with
+/// `log()` if `child` (the peer called `what`) exits or `limit` passes.
+fn poll_udp(
+    child: &mut std::process::Child,
+    what: &str,
+    addr: SocketAddr,
+    query: &[u8],
+    limit: Duration,
+    accept: impl Fn(&[u8]) -> bool,
+    log: impl Fn() -> String,
+) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited with {status}:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer on {addr} within {limit:?}:\n{}",
+            log()
+        );
+        // Sending fails while nothing listens (ICMP port unreachable); keep polling.
+        let _ = socket.send_to(query, addr);
+        if let Ok((n, _)) = socket.recv_from(&mut buf)
+            && accept(&buf[..n])
+        {
+            return;
+        }
+    }
+}
+
 fn unique_loopback() -> Ipv4Addr {
     use std::sync::atomic::{AtomicU8, Ordering};
     static NEXT: AtomicU8 = AtomicU8::new(1);
@@ -1579,32 +1602,20 @@ impl Knot {
         use hickory_proto::op::Message;
         use hickory_proto::rr::RecordType;
         let query = common::query(origin, RecordType::SOA, None);
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("knotd exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "knotd did not serve {origin} on {} within {limit:?}:\n{}",
-                self.addr,
-                self.log()
-            );
-            // Sending fails while nothing listens (ICMP port unreachable); keep polling.
-            let _ = socket.send_to(&query, self.addr);
-            if let Ok((n, _)) = socket.recv_from(&mut buf)
-                && let Ok(m) = Message::from_vec(&buf[..n])
-                && m.metadata.id == common::id_of(&query)
-                && m.metadata.authoritative
-            {
-                return;
-            }
-        }
+        let accept = |reply: &[u8]| {
+            Message::from_vec(reply)
+                .is_ok_and(|m| m.metadata.id == common::id_of(&query) && m.metadata.authoritative)
+        };
+        let log = || std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default();
+        poll_udp(
+            &mut self.child,
+            "knotd",
+            self.addr,
+            &query,
+            limit,
+            accept,
+            log,
+        );
     }
 
     /// Whether knotd is still running.
