@@ -18,9 +18,9 @@
 //!   per-request log line on (spaceroute's stderr and nginx's access log, both to a file) and off
 //!   (`SPACEROUTE_LOG=warn`, `access_log off`).
 //!
-//! Threads: each server gets one. spaceroute runs with `TOKIO_WORKER_THREADS=1` (its binary
-//! uses tokio's default multi-thread runtime, which reads that variable), so its UDP receive
-//! loops (2 per socket), TCP connections and router share one worker thread; Knot runs
+//! Threads: each server gets one. spaceroute runs with `--dns-workers 1` (one UDP worker thread)
+//! and `TOKIO_WORKER_THREADS=1` (its binary uses tokio's default multi-thread runtime, which
+//! reads that variable), so its TCP connections and router share one worker thread; Knot runs
 //! `udp-workers: 1`, `tcp-workers: 1`, `background-workers: 1`; both nginx processes run
 //! `worker_processes 1`. On a 2-core machine that leaves one core for the load generator (and,
 //! for the router, the dyno nginx and wrk share it). Servers run one after the other, 3 rounds of
@@ -513,6 +513,7 @@ impl Spaceroute {
             .arg("--zones")
             .arg(&zones)
             .args(["--dns", &dns.to_string(), "--http", &http.to_string()])
+            .args(["--dns-workers", "1"])
             .env("TOKIO_WORKER_THREADS", "1")
             .env("SPACEROUTE_LOG", if logs { "info" } else { "warn" });
         let mut proc = Proc::spawn("spaceroute", &mut cmd, &dir.join("spaceroute.log"));

@@ -71,6 +71,10 @@ struct Serve {
     /// Most DNS TCP connections open at once.
     #[arg(long, default_value_t = 512)]
     tcp_max_connections: usize,
+    /// DNS UDP worker threads per --dns address, each on its own SO_REUSEPORT socket; default
+    /// one per core.
+    #[arg(long)]
+    dns_workers: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -250,6 +254,7 @@ async fn serve(args: Serve) -> ExitCode {
     let limits = Limits {
         tcp_idle: Duration::from_secs(args.tcp_idle),
         tcp_max_connections: args.tcp_max_connections,
+        udp_workers: args.dns_workers.unwrap_or(Limits::default().udp_workers),
         ..Limits::default()
     };
     let metrics = reloader.metrics();

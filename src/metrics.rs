@@ -5,7 +5,7 @@
 //! unless given, and answers `GET /metrics` in the Prometheus text format.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -38,6 +38,9 @@ struct HttpLabels {
 pub struct Metrics {
     registry: Registry,
     dns_queries: Family<DnsLabels, Counter>,
+    /// The counters of `dns_queries` for UDP and TCP and rcodes below 32, taken from the
+    /// family once: counting a query is then one atomic add, with no lock on the hot path.
+    dns_counters: [[OnceLock<Counter>; 32]; 2],
     dns_dropped: Counter,
     http_requests: Family<HttpLabels, Counter>,
     reloads: Counter,
@@ -59,6 +62,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("spaceroute"),
             dns_queries: Family::default(),
+            dns_counters: Default::default(),
             dns_dropped: Counter::default(),
             http_requests: Family::default(),
             reloads: Counter::default(),
@@ -109,12 +113,20 @@ impl Metrics {
 
     /// Counts a DNS query: `rcode` is `None` for a dropped packet.
     pub fn dns_query(&self, transport: &'static str, rcode: Option<u16>) {
-        match rcode {
-            Some(rcode) => self
-                .dns_queries
-                .get_or_create(&DnsLabels { transport, rcode })
+        let Some(rcode) = rcode else {
+            self.dns_dropped.inc();
+            return;
+        };
+        let labels = || DnsLabels { transport, rcode };
+        let at = match transport {
+            "udp" => 0,
+            _ => 1,
+        };
+        match self.dns_counters[at].get(usize::from(rcode)) {
+            Some(counter) => counter
+                .get_or_init(|| self.dns_queries.get_or_create(&labels()).clone())
                 .inc(),
-            None => self.dns_dropped.inc(),
+            None => self.dns_queries.get_or_create(&labels()).inc(),
         };
     }
 

@@ -17,6 +17,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/resolve.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/server.rs", &["crate::config crate::reload crate::router"]),
+    ("dns/udp.rs", &["crate::config crate::reload crate::router"]),
     ("dns/forward.rs", &["crate::config crate::snapshot crate::reload crate::router crate::metrics"]),
     ("router/", &["crate::config crate::dns crate::reload"]),
     ("reload.rs", &["crate::dns crate::router", SOCKETS]),

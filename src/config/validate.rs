@@ -175,10 +175,11 @@ impl Validator {
         }
 
         let mut apps: Vec<App> = Vec::new();
+        let mut app_names: HashSet<&str> = HashSet::with_capacity(f.apps.len());
         for (i, a) in f.apps.iter().enumerate() {
             let cert = source.certs.get(i).cloned().flatten();
             if let Some(app) = self.app(&here, i, a, &peers, cert) {
-                if apps.iter().any(|b| b.name == app.name) {
+                if !app_names.insert(&a.name) {
                     let msg = format!("duplicate app name {:?}", app.name);
                     self.report(&here, &format!("apps[{i}].name"), msg);
                 }

@@ -4,3 +4,4 @@ pub mod answer;
 pub mod forward;
 pub mod resolve;
 pub mod server;
+mod udp;

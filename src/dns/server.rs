@@ -1,7 +1,7 @@
 //! The DNS socket loops: read a query, load the snapshot once, call [`answer`], write or drop.
 //!
 //! No DNS decisions are made here. Servers are given bound sockets and a shutdown token (as in
-//! mini-redis), so tests bind port 0. UDP runs a few receive loops per socket; TCP (RFC 7766)
+//! mini-redis), so tests bind port 0. UDP runs on worker threads ([`super::udp`]); TCP (RFC 7766)
 //! reads length-prefixed queries one after another on each connection, so a client may
 //! pipeline, closes a connection idle for `tcp_idle`, and refuses connections past
 //! `tcp_max_connections`. A query that `answer` marks for relaying goes to the [`Forwarder`]
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::dns::answer::{Answer, Transport, answer};
 use crate::dns::forward::Forwarder;
+use crate::dns::udp;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -32,7 +33,7 @@ pub struct Limits {
     pub tcp_idle: Duration,
     /// The most TCP connections open at once; more are closed on accept.
     pub tcp_max_connections: usize,
-    /// Receive loops per UDP socket.
+    /// UDP worker threads per address, each on its own `SO_REUSEPORT` socket.
     pub udp_workers: usize,
     /// The most queries relayed to upstreams at once; more get SERVFAIL.
     pub forward_in_flight: usize,
@@ -45,7 +46,7 @@ impl Default for Limits {
         Limits {
             tcp_idle: Duration::from_secs(10),
             tcp_max_connections: 512,
-            udp_workers: 2,
+            udp_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             forward_in_flight: 512,
             forward_timeout: Duration::from_millis(1500),
         }
@@ -53,13 +54,13 @@ impl Default for Limits {
 }
 
 /// What every loop of one DNS server shares.
-struct Server {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Arc<Metrics>,
+pub(super) struct Server {
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) metrics: Arc<Metrics>,
     limits: Limits,
     connections: Arc<Semaphore>,
     forwarder: Forwarder,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
 }
 
 /// Serves DNS on `udp` and `tcp` from the current snapshot, counting into `metrics`, until
@@ -82,9 +83,17 @@ pub async fn run(
     });
     let tasks = TaskTracker::new();
     for socket in udp {
-        let socket = Arc::new(socket);
-        for _ in 0..limits.udp_workers.max(1) {
-            tasks.spawn(serve_udp(socket.clone(), server.clone(), tasks.clone()));
+        let sockets = socket
+            .into_std()
+            .and_then(|first| udp::siblings(first, limits.udp_workers));
+        match sockets {
+            Ok(sockets) => {
+                for socket in sockets {
+                    let (server, relays) = (server.clone(), tasks.clone());
+                    tasks.spawn_blocking(move || udp::serve(socket, server, relays));
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot serve a udp socket"),
         }
     }
     for listener in tcp {
@@ -94,47 +103,9 @@ pub async fn run(
     tasks.wait().await;
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>, tasks: TaskTracker) {
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
-            () = server.shutdown.cancelled() => return,
-        };
-        let (len, peer) = match received {
-            Ok(r) => r,
-            // An ICMP error from an earlier send surfaces here on some systems; keep serving.
-            Err(e) => {
-                debug!(error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        let query = &buf[..len];
-        let result = answer(&server.snapshot.load(), peer.ip(), Transport::Udp, query);
-        if result.outcome.forward.is_some() {
-            let (socket, server, query) = (socket.clone(), server.clone(), query.to_vec());
-            tasks.spawn(async move {
-                let reply = respond(&server, result, &query, peer, Transport::Udp).await;
-                send_udp(&socket, reply, peer).await;
-            });
-            continue;
-        }
-        let reply = respond(&server, result, query, peer, Transport::Udp).await;
-        send_udp(&socket, reply, peer).await;
-    }
-}
-
-async fn send_udp(socket: &UdpSocket, reply: Option<Vec<u8>>, peer: SocketAddr) {
-    if let Some(reply) = reply
-        && let Err(e) = socket.send_to(&reply, peer).await
-    {
-        debug!(error = %e, %peer, "udp send failed");
-    }
-}
-
 /// What goes back for `result`: its reply, or for a query to relay, the upstreams' answer (the
 /// prepared SERVFAIL when none comes); counted and logged either way.
-async fn respond(
+pub(super) async fn respond(
     server: &Server,
     mut result: Answer,
     query: &[u8],
@@ -223,7 +194,7 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
 }
 
 /// Logs a query at debug level and counts it.
-fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: Transport) {
+pub(super) fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: Transport) {
     let transport = match transport {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",
@@ -248,15 +219,19 @@ fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: Trans
     }
 }
 
-/// Binds UDP and TCP on the same address; for port 0, on the same free port.
+/// Binds UDP and TCP on the same address; for port 0, on the same free port. The UDP socket
+/// has `SO_REUSEPORT`, so the workers' sockets can join it.
 pub async fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..16 {
         let tcp = TcpListener::bind(addr).await?;
         let mut at = addr;
         at.set_port(tcp.local_addr()?.port());
-        match UdpSocket::bind(at).await {
-            Ok(udp) => return Ok((udp, tcp)),
+        match udp::bind(at) {
+            Ok(udp) => {
+                udp.set_nonblocking(true)?;
+                return Ok((UdpSocket::from_std(udp)?, tcp));
+            }
             Err(e) if addr.port() == 0 => last = Some(e),
             Err(e) => return Err(e),
         }
