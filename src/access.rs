@@ -73,26 +73,44 @@ impl Access {
     /// The spaces that trust `ip`, by ascending space index.
     pub fn classify(&self, ip: IpAddr) -> Trusts {
         let mut trusts = Trusts::new();
+        self.each_hit(ip, |space, member| {
+            let i = match trusts.binary_search_by_key(&space, |t| t.space) {
+                Ok(i) => i,
+                Err(i) => {
+                    let trust = Trust {
+                        space,
+                        ..Trust::default()
+                    };
+                    trusts.insert(i, trust);
+                    i
+                }
+            };
+            trusts[i].add(member);
+        });
+        trusts
+    }
+
+    /// How `space` trusts `ip`, if it does: [`Access::classify`] for one space, without
+    /// allocating.
+    pub fn trust(&self, ip: IpAddr, space: usize) -> Option<Trust> {
+        let mut trust: Option<Trust> = None;
+        self.each_hit(ip, |hit, member| {
+            if hit == space {
+                (trust.get_or_insert(Trust {
+                    space,
+                    ..Trust::default()
+                }))
+                .add(member);
+            }
+        });
+        trust
+    }
+
+    /// Calls `hit` with (space, member) for every network that contains `ip`.
+    fn each_hit(&self, ip: IpAddr, mut hit: impl FnMut(usize, Member)) {
         let mut add = |hits: &Vec<(usize, Member)>| {
             for &(space, member) in hits {
-                let i = match trusts.binary_search_by_key(&space, |t| t.space) {
-                    Ok(i) => i,
-                    Err(i) => {
-                        trusts.insert(
-                            i,
-                            Trust {
-                                space,
-                                ..Trust::default()
-                            },
-                        );
-                        i
-                    }
-                };
-                match member {
-                    Member::Network => trusts[i].network = true,
-                    Member::Peer(p) if p < 64 => trusts[i].peers |= 1 << p,
-                    Member::Peer(_) => {}
-                }
+                hit(space, member);
             }
         };
         match ip.to_canonical() {
@@ -115,7 +133,16 @@ impl Access {
                 }
             }
         }
-        trusts
+    }
+}
+
+impl Trust {
+    fn add(&mut self, member: Member) {
+        match member {
+            Member::Network => self.network = true,
+            Member::Peer(p) if p < 64 => self.peers |= 1 << p,
+            Member::Peer(_) => {}
+        }
     }
 }
 

@@ -15,6 +15,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("access.rs", &["crate super hickory_proto", PURE, SOCKETS]),
     ("snapshot/", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
     ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
+    ("dns/fast.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/resolve.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/server.rs", &["crate::config crate::reload crate::router"]),
     ("dns/udp.rs", &["crate::config crate::reload crate::router"]),

@@ -20,7 +20,7 @@ use std::path::Path;
 use hickory_proto::op::{Header, Message, MessageType, Query};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use spaceroute::config::Diagnostic;
-use spaceroute::dns::answer::{Transport, UDP_PAYLOAD, answer};
+use spaceroute::dns::answer::{Transport, UDP_PAYLOAD, answer, reference};
 use spaceroute::snapshot::{self, Snapshot};
 
 /// The askers an `answer` input can pick: one per network of the two-spaces fixture, in IPv4
@@ -84,6 +84,12 @@ pub fn check_answer(snapshot: &Snapshot, input: &[u8]) -> Option<Message> {
         _ => Transport::Tcp,
     };
     let result = answer(snapshot, client, transport, query);
+    // The fast path answers exactly what the full path does.
+    assert_eq!(
+        result,
+        reference(snapshot, client, transport, query),
+        "fast path differs: query {query:02x?} from {client}"
+    );
     let reply = result.reply?;
     let message = Message::from_vec(&reply).unwrap_or_else(|e| {
         panic!("reply does not parse: {e}\nquery {query:02x?}\nreply {reply:02x?}")

@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{Apex, AppRef, AppView, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData};
+use super::{Apex, AppRef, AppView, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData, wire};
 use crate::access::{Access, Member};
 use crate::config::{Audience, Config};
 
@@ -41,6 +41,8 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
         ..Snapshot::default()
     };
     let mut access = Vec::new();
+    // Every custom domain (wildcards with their `*`), for the empty non-terminals above them.
+    let mut custom: Vec<(Name, AppRef)> = Vec::new();
     for (s, space) in config.spaces.iter().enumerate() {
         access.push((space.network, s, Member::Network));
         for (p, peer) in space.peers.iter().enumerate() {
@@ -72,14 +74,15 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
             if let Ok(host) =
                 Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
             {
-                snapshot.hosts.insert(host, app_ref);
+                snapshot.hosts.insert(wire(&host).into(), app_ref);
             }
             for domain in &app.domains {
                 let base = crate::config::validate::wildcard_base(domain);
+                custom.push((domain.clone(), app_ref));
                 if domain.is_wildcard() {
                     snapshot.wildcards.insert(base.clone(), app_ref);
                 } else {
-                    snapshot.hosts.insert(domain.clone(), app_ref);
+                    snapshot.hosts.insert(wire(domain).into(), app_ref);
                 }
                 // Its own apex, for every audience no zone file of the space covers: a standard
                 // app's domain inside a trusted-only zone file is its own apex to the public.
@@ -170,21 +173,19 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
         .apexes
         .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
     snapshot.access = Access::new(access);
-    snapshot.ents = empty_non_terminals(&snapshot);
+    snapshot.ents = empty_non_terminals(&snapshot, custom);
     snapshot
 }
 
 /// The names between each custom domain and the apex of the zone that holds it, with the apps
 /// below them (RFC 4592 §2.2.2: a wildcard's owner makes its parent exist too).
-fn empty_non_terminals(snapshot: &Snapshot) -> HashMap<Name, Vec<AppRef>> {
+/// App names (`<app>.<domain>`) sit right below an apex and make none.
+fn empty_non_terminals(
+    snapshot: &Snapshot,
+    custom: Vec<(Name, AppRef)>,
+) -> HashMap<Name, Vec<AppRef>> {
     let mut ents: HashMap<Name, Vec<AppRef>> = HashMap::new();
-    let owners = (snapshot.hosts.iter())
-        .map(|(host, app)| (host.clone(), *app))
-        .chain((snapshot.wildcards.iter()).filter_map(|(base, app)| {
-            let owner = base.prepend_label("*").ok()?;
-            Some((owner, *app))
-        }));
-    for (owner, app) in owners {
+    for (owner, app) in custom {
         let mut between = Vec::new();
         let mut up = owner.base_name();
         while !snapshot.apexes.contains_key(&up) {

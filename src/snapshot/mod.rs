@@ -41,7 +41,9 @@ pub struct Snapshot {
     pub spaces: Vec<SpaceView>,
     /// Which spaces trust a source.
     pub access: Access,
-    hosts: HashMap<Name, AppRef>,
+    /// App names and exact custom domains, keyed by their lower-case wire form ([`wire`]) so
+    /// that a query's name is looked up as it arrives, with a fast seeded hash.
+    hosts: HashMap<Box<[u8]>, AppRef, foldhash::fast::RandomState>,
     /// Wildcard custom domains, keyed by the name below which they answer (`*.x` under `x`).
     wildcards: HashMap<Name, AppRef>,
     /// Empty non-terminals made by custom domains (`b.example` for `a.b.example`), with the
@@ -177,6 +179,11 @@ pub struct ZoneView<'s> {
 }
 
 impl Snapshot {
+    /// The app whose name or exact custom domain is `key`, a lower-case wire-format name.
+    pub fn exact_host(&self, key: &[u8]) -> Option<AppRef> {
+        self.hosts.get(key).copied()
+    }
+
     /// The app behind `app`.
     pub fn app(&self, app: AppRef) -> &AppView {
         &self.spaces[app.space].apps[app.app]
@@ -258,6 +265,17 @@ impl Snapshot {
             .get(qname)
             .map(Vec::as_slice)
     }
+}
+
+/// `name` in lower-case wire format (length-prefixed labels, then 0): the key of app names.
+pub fn wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
 }
 
 /// An A or AAAA record.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use hickory_proto::rr::Name;
 
-use super::{Apex, AppRef, AppView, Snapshot, ZoneView};
+use super::{Apex, AppRef, AppView, Snapshot, ZoneView, wire};
 use crate::access::{Trust, Trusts};
 use crate::config::Audience;
 
@@ -30,8 +30,8 @@ impl Snapshot {
     /// closest encloser (RFC 4592 §3.3.1), all over the names this asker may see.
     pub fn sight(&self, qname: &Name, trusts: &Trusts) -> Sight {
         let sees = |app: &AppRef| self.addresses(*app, trusts).is_some();
-        if let Some(app) = self.hosts.get(qname).filter(|a| sees(a)) {
-            return Sight::App(*app);
+        if let Some(app) = self.exact_host(&wire(qname)).filter(sees) {
+            return Sight::App(app);
         }
         let ent = |name: &Name| (self.ents.get(name)).is_some_and(|apps| apps.iter().any(sees));
         if ent(qname) {
@@ -43,7 +43,7 @@ impl Snapshot {
                 return Sight::App(*app);
             }
             // The closest encloser exists without a wildcard: no synthesis (RFC 4592 §4.1).
-            if self.hosts.get(&up).is_some_and(sees) || ent(&up) {
+            if self.exact_host(&wire(&up)).is_some_and(|a| sees(&a)) || ent(&up) {
                 return Sight::Nothing;
             }
             up = up.base_name();
@@ -64,9 +64,15 @@ impl Snapshot {
     /// The addresses `app` resolves to for an asker with `trusts`, or `None` when the asker may
     /// not see it at all (the "Who sees what" table of DESIGN.md).
     pub fn addresses(&self, app: AppRef, trusts: &Trusts) -> Option<&[IpAddr]> {
+        self.addresses_for(app, trusts.iter().find(|t| t.space == app.space))
+    }
+
+    /// [`Snapshot::addresses`] given only how the app's own space trusts the asker (`None`:
+    /// not at all), as [`Access::trust`](crate::access::Access::trust) tells it.
+    pub fn addresses_for(&self, app: AppRef, trust: Option<&Trust>) -> Option<&[IpAddr]> {
         let view = self.app(app);
         let space = &self.spaces[app.space];
-        match trusts.iter().find(|t| t.space == app.space) {
+        match trust {
             Some(_) if !view.internal && space.router_private.is_empty() => {
                 Some(&space.router_public)
             }

@@ -1,0 +1,150 @@
+//! The fast path of [`answer`](super::answer::answer): an A or AAAA query for an app's exact
+//! name that the asker may see, answered by writing bytes, with no `Message`, no `Name` and no
+//! allocation beyond the reply itself.
+//!
+//! Pure, like `answer`. It reads the query in place (header, one question, at most an OPT
+//! without options and nothing after it), looks the lower-cased wire name up in the snapshot's
+//! host table, asks the one "who sees what" policy ([`Snapshot::addresses_for`]) with the
+//! trust of the app's own space, and writes what the full path would write, byte for byte: the
+//! same header flags, the question as sent, one record per address with its owner compressed
+//! to the question, our OPT. Anything else returns `None` and takes the full path, which stays
+//! the reference: `tests` compare both over a large random query set, and the `answer` fuzz
+//! target compares them on every input.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::ResponseCode;
+
+use super::answer::{Answer, Outcome, Transport, UDP_PAYLOAD};
+use crate::snapshot::Snapshot;
+
+/// The longest wire-format name (RFC 1035 §3.1).
+const MAX_NAME: usize = 255;
+
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+
+/// The answer to `query` when it is the common case; `None` hands it to the full path.
+pub fn answer(
+    snapshot: &Snapshot,
+    client: IpAddr,
+    transport: Transport,
+    query: &[u8],
+) -> Option<Answer> {
+    let header = query.get(..12)?;
+    let count = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+    // QR=0, opcode QUERY; one question, no answers or authority, at most the OPT.
+    if header[2] & 0xf8 != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
+        return None;
+    }
+    let additionals = count(10);
+
+    let mut key = [0u8; MAX_NAME];
+    let mut at = 12;
+    let mut len = 0;
+    loop {
+        let label = usize::from(*query.get(at)?);
+        // A compression pointer or an extended label type: the full path decides.
+        if label > 63 || len + label + 1 > MAX_NAME {
+            return None;
+        }
+        let bytes = query.get(at..at + 1 + label)?;
+        key[len] = bytes[0];
+        for (k, b) in key[len + 1..len + 1 + label].iter_mut().zip(&bytes[1..]) {
+            *k = b.to_ascii_lowercase();
+        }
+        len += label + 1;
+        at += label + 1;
+        if label == 0 {
+            break;
+        }
+    }
+    let qtype = u16::from_be_bytes(query.get(at..at + 2)?.try_into().ok()?);
+    let qclass = u16::from_be_bytes(query.get(at + 2..at + 4)?.try_into().ok()?);
+    let question_end = at + 4;
+    if !matches!(qtype, TYPE_A | TYPE_AAAA) || qclass != CLASS_IN {
+        return None;
+    }
+
+    // The OPT: root owner, version 0, no options, and the message ends with it.
+    let (limit, dnssec_ok) = match additionals {
+        0 if query.len() == question_end => (512, false),
+        1 => {
+            let opt = query.get(question_end..)?;
+            if opt.len() != 11 || opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != TYPE_OPT {
+                return None;
+            }
+            let payload = u16::from_be_bytes([opt[3], opt[4]]);
+            // TTL: extended RCODE (must be 0 in a query we take here), version, DO and Z.
+            if opt[5] != 0 || opt[6] != 0 || opt[9] != 0 || opt[10] != 0 {
+                return None;
+            }
+            (payload.clamp(512, UDP_PAYLOAD), opt[7] & 0x80 != 0)
+        }
+        _ => return None,
+    };
+    let limit = match transport {
+        Transport::Udp => usize::from(limit),
+        Transport::Tcp => usize::from(u16::MAX),
+    };
+
+    let app = snapshot.exact_host(&key[..len])?;
+    let trust = snapshot.access.trust(client, app.space);
+    let addresses = snapshot.addresses_for(app, trust.as_ref())?;
+    let ttl = snapshot.spaces[app.space].ttl;
+    let wanted = |ip: &&IpAddr| match qtype {
+        TYPE_A => ip.is_ipv4(),
+        _ => ip.is_ipv6(),
+    };
+    let answers = addresses.iter().filter(wanted).count();
+    if answers == 0 {
+        return None; // NODATA needs the zone's SOA: the full path.
+    }
+
+    let mut reply = Vec::with_capacity(question_end + answers * 28 + 11);
+    reply.extend_from_slice(&header[..2]);
+    // QR, AA and the asker's RD; the asker's CD; RCODE NOERROR.
+    reply.push(0x80 | 0x04 | (header[2] & 0x01));
+    reply.push(header[3] & 0x10);
+    reply.extend_from_slice(&[0, 1]);
+    reply.extend_from_slice(&u16::try_from(answers).ok()?.to_be_bytes());
+    reply.extend_from_slice(&[0, 0, 0, additionals.min(1) as u8]);
+    reply.extend_from_slice(&query[12..question_end]);
+    for ip in addresses.iter().filter(wanted) {
+        // The owner is the question's name, at offset 12.
+        reply.extend_from_slice(&[0xc0, 12]);
+        reply.extend_from_slice(&qtype.to_be_bytes());
+        reply.extend_from_slice(&CLASS_IN.to_be_bytes());
+        reply.extend_from_slice(&ttl.to_be_bytes());
+        match ip {
+            IpAddr::V4(ip) => {
+                reply.extend_from_slice(&[0, 4]);
+                reply.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                reply.extend_from_slice(&[0, 16]);
+                reply.extend_from_slice(&ip.octets());
+            }
+        }
+    }
+    if additionals == 1 {
+        reply.extend_from_slice(&[0, 0, 41]);
+        reply.extend_from_slice(&UDP_PAYLOAD.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    // Too big for the asker: the full path truncates.
+    if reply.len() > limit {
+        return None;
+    }
+    Some(Answer {
+        reply: Some(reply),
+        outcome: Outcome {
+            rcode: ResponseCode::NoError,
+            space: Some(app.space),
+            truncated: false,
+            forward: None,
+        },
+    })
+}
