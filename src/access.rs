@@ -106,6 +106,13 @@ impl Access {
         trust
     }
 
+    /// Whether any space trusts `ip`.
+    pub fn trusted(&self, ip: IpAddr) -> bool {
+        let mut any = false;
+        self.each_hit(ip, |_, _| any = true);
+        any
+    }
+
     /// Calls `hit` with (space, member) for every network that contains `ip`.
     fn each_hit(&self, ip: IpAddr, mut hit: impl FnMut(usize, Member)) {
         let mut add = |hits: &Vec<(usize, Member)>| {

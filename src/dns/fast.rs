@@ -1,15 +1,17 @@
-//! The fast path of [`answer`](super::answer::answer): an A or AAAA query for an app's exact
-//! name that the asker may see, answered by writing bytes, with no `Message`, no `Name` and no
-//! allocation beyond the reply itself.
+//! The fast path of [`answer`](super::answer::answer): the two answers that make up most of a
+//! busy server's traffic, written as bytes with no `Message`, no `Name` and no allocation beyond
+//! the reply itself. An A or AAAA query for an app's exact name that the asker may see gets its
+//! addresses; an asker no space trusts, asking below every name it may see, gets REFUSED.
 //!
 //! Pure, like `answer`. It reads the query in place (header, one question, at most an OPT
-//! without options and nothing after it), looks the lower-cased wire name up in the snapshot's
-//! host table, asks the one "who sees what" policy ([`Snapshot::addresses_for`]) with the
-//! trust of the app's own space, and writes what the full path would write, byte for byte: the
-//! same header flags, the question as sent, one record per address with its owner compressed
-//! to the question, our OPT. Anything else returns `None` and takes the full path, which stays
-//! the reference: `tests` compare both over a large random query set, and the `answer` fuzz
-//! target compares them on every input.
+//! without options and nothing after it), looks the lower-cased wire name up in the snapshot
+//! (the host table; the public names, ancestors as suffixes of the same buffer), asks the one
+//! "who sees what" policy ([`Snapshot::addresses_for`]) with the trust of the app's own space,
+//! and writes what the full path would write, byte for byte: the same header flags, the
+//! question as sent, one record per address with its owner compressed to the question, our
+//! OPT. Anything else returns `None` and takes the full path, which stays the reference: a
+//! test compares both over a large random query set, and the `answer` fuzz target compares
+//! them on every input.
 
 use std::net::IpAddr;
 
@@ -64,7 +66,7 @@ pub fn answer(
     let qtype = u16::from_be_bytes(query.get(at..at + 2)?.try_into().ok()?);
     let qclass = u16::from_be_bytes(query.get(at + 2..at + 4)?.try_into().ok()?);
     let question_end = at + 4;
-    if !matches!(qtype, TYPE_A | TYPE_AAAA) || qclass != CLASS_IN {
+    if qtype == TYPE_OPT || qclass != CLASS_IN {
         return None;
     }
 
@@ -77,7 +79,7 @@ pub fn answer(
                 return None;
             }
             let payload = u16::from_be_bytes([opt[3], opt[4]]);
-            // TTL: extended RCODE (must be 0 in a query we take here), version, DO and Z.
+            // TTL: extended RCODE (must be 0 in a query we take here), version; then RDLENGTH.
             if opt[5] != 0 || opt[6] != 0 || opt[9] != 0 || opt[10] != 0 {
                 return None;
             }
@@ -85,15 +87,51 @@ pub fn answer(
         }
         _ => return None,
     };
-    let limit = match transport {
-        Transport::Udp => usize::from(limit),
-        Transport::Tcp => usize::from(u16::MAX),
+    let query = Parsed {
+        bytes: query,
+        key: &key[..len],
+        qtype,
+        question_end,
+        edns: (additionals == 1).then_some(dnssec_ok),
+        limit: match transport {
+            Transport::Udp => usize::from(limit),
+            Transport::Tcp => usize::from(u16::MAX),
+        },
     };
+    if matches!(qtype, TYPE_A | TYPE_AAAA)
+        && let Some(answer) = addresses(snapshot, client, &query)
+    {
+        return Some(answer);
+    }
+    // An asker no space trusts, below every name it may see: REFUSED, whatever the type.
+    if !snapshot.access.trusted(client) && !snapshot.public_may_see(query.key) {
+        return Some(refused(&query));
+    }
+    None
+}
 
-    let app = snapshot.exact_host(&key[..len])?;
+/// A query the fast path can take, read in place.
+struct Parsed<'q> {
+    /// The whole message.
+    bytes: &'q [u8],
+    /// The question's name, lower-cased wire form.
+    key: &'q [u8],
+    qtype: u16,
+    /// Where the question ends.
+    question_end: usize,
+    /// With an OPT: whether it has DO.
+    edns: Option<bool>,
+    /// The most bytes the reply may have.
+    limit: usize,
+}
+
+/// The addresses of an app's exact name, when the asker may see it and it has some of the type.
+fn addresses(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answer> {
+    let app = snapshot.exact_host(query.key)?;
     let trust = snapshot.access.trust(client, app.space);
     let addresses = snapshot.addresses_for(app, trust.as_ref())?;
     let ttl = snapshot.spaces[app.space].ttl;
+    let qtype = query.qtype;
     let wanted = |ip: &&IpAddr| match qtype {
         TYPE_A => ip.is_ipv4(),
         _ => ip.is_ipv6(),
@@ -103,15 +141,12 @@ pub fn answer(
         return None; // NODATA needs the zone's SOA: the full path.
     }
 
-    let mut reply = Vec::with_capacity(question_end + answers * 28 + 11);
-    reply.extend_from_slice(&header[..2]);
-    // QR, AA and the asker's RD; the asker's CD; RCODE NOERROR.
-    reply.push(0x80 | 0x04 | (header[2] & 0x01));
-    reply.push(header[3] & 0x10);
-    reply.extend_from_slice(&[0, 1]);
-    reply.extend_from_slice(&u16::try_from(answers).ok()?.to_be_bytes());
-    reply.extend_from_slice(&[0, 0, 0, additionals.min(1) as u8]);
-    reply.extend_from_slice(&query[12..question_end]);
+    let mut reply = start(
+        query,
+        true,
+        ResponseCode::NoError,
+        u16::try_from(answers).ok()?,
+    );
     for ip in addresses.iter().filter(wanted) {
         // The owner is the question's name, at offset 12.
         reply.extend_from_slice(&[0xc0, 12]);
@@ -129,13 +164,9 @@ pub fn answer(
             }
         }
     }
-    if additionals == 1 {
-        reply.extend_from_slice(&[0, 0, 41]);
-        reply.extend_from_slice(&UDP_PAYLOAD.to_be_bytes());
-        reply.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
-    }
+    finish(query, &mut reply);
     // Too big for the asker: the full path truncates.
-    if reply.len() > limit {
+    if reply.len() > query.limit {
         return None;
     }
     Some(Answer {
@@ -147,4 +178,44 @@ pub fn answer(
             forward: None,
         },
     })
+}
+
+/// REFUSED, not authoritative, with the question and our OPT.
+fn refused(query: &Parsed) -> Answer {
+    let mut reply = start(query, false, ResponseCode::Refused, 0);
+    finish(query, &mut reply);
+    Answer {
+        reply: Some(reply),
+        outcome: Outcome {
+            rcode: ResponseCode::Refused,
+            space: None,
+            truncated: false,
+            forward: None,
+        },
+    }
+}
+
+/// The header and question of the reply to `query`, for `answers` records to follow.
+fn start(query: &Parsed, authoritative: bool, rcode: ResponseCode, answers: u16) -> Vec<u8> {
+    let header = &query.bytes[..12];
+    let mut reply = Vec::with_capacity(query.question_end + usize::from(answers) * 28 + 11);
+    reply.extend_from_slice(&header[..2]);
+    // QR, AA when ours, the asker's RD; the asker's CD and the RCODE (all of ours fit 4 bits).
+    let aa = if authoritative { 0x04 } else { 0 };
+    reply.push(0x80 | aa | (header[2] & 0x01));
+    reply.push((header[3] & 0x10) | (u16::from(rcode) & 0x0f) as u8);
+    reply.extend_from_slice(&[0, 1]);
+    reply.extend_from_slice(&answers.to_be_bytes());
+    reply.extend_from_slice(&[0, 0, 0, u8::from(query.edns.is_some())]);
+    reply.extend_from_slice(&query.bytes[12..query.question_end]);
+    reply
+}
+
+/// Appends our OPT when the query had one: payload 1232, version 0, the asker's DO.
+fn finish(query: &Parsed, reply: &mut Vec<u8>) {
+    if let Some(dnssec_ok) = query.edns {
+        reply.extend_from_slice(&[0, 0, 41]);
+        reply.extend_from_slice(&UDP_PAYLOAD.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
 }

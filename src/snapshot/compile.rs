@@ -1,7 +1,9 @@
 //! Builds a [`Snapshot`] from a checked [`Config`]: one pass over the spaces, then the indexes
 //! that need every space (apexes first, then the empty non-terminals they bound).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -174,7 +176,41 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
         .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
     snapshot.access = Access::new(access);
     snapshot.ents = empty_non_terminals(&snapshot, custom);
+    snapshot.public = public_names(&snapshot, config);
     snapshot
+}
+
+/// The names at or below which an asker no space trusts may get an answer: apexes of public
+/// zone files and of standard apps' domains, standard apps' names and wildcard bases. Below no
+/// such name, every such asker gets REFUSED.
+fn public_names(snapshot: &Snapshot, config: &Config) -> HashSet<Box<[u8]>, RandomState> {
+    let mut public = HashSet::default();
+    for (apex, kinds) in &snapshot.apexes {
+        let shown = kinds.iter().any(|kind| match *kind {
+            Apex::File { space, zone } => {
+                snapshot.spaces[space].zones[zone].audience == Audience::Public
+            }
+            Apex::Custom { app, .. } => !snapshot.app(app).internal,
+            Apex::Domain | Apex::Localspace => false,
+        });
+        if shown {
+            public.insert(wire(apex).into());
+        }
+    }
+    for space in &config.spaces {
+        for app in space.apps.iter().filter(|a| !a.internal_routing) {
+            if let Ok(host) =
+                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
+            {
+                public.insert(wire(&host).into());
+            }
+            for domain in &app.domains {
+                let base = crate::config::validate::wildcard_base(domain);
+                public.insert(wire(&base).into());
+            }
+        }
+    }
+    public
 }
 
 /// The names between each custom domain and the apex of the zone that holds it, with the apps

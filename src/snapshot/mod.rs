@@ -10,7 +10,7 @@
 mod compile;
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// apps below them: they exist only for askers who may see one of those apps.
     ents: HashMap<Name, Vec<AppRef>>,
     apexes: HashMap<Name, Vec<Apex>>,
+    /// Names at or below which a public asker may get an answer (lower-case wire form).
+    public: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     localspace: Name,
 }
 
@@ -182,6 +184,24 @@ impl Snapshot {
     /// The app whose name or exact custom domain is `key`, a lower-case wire-format name.
     pub fn exact_host(&self, key: &[u8]) -> Option<AppRef> {
         self.hosts.get(key).copied()
+    }
+
+    /// Whether an asker that no space trusts may get anything but REFUSED at `key` (a
+    /// lower-case wire-format name): whether `key` or one of its ancestors is a name public
+    /// askers may see (a public zone file, a standard app). Ancestors are suffixes of the same
+    /// buffer, so this allocates nothing.
+    pub fn public_may_see(&self, key: &[u8]) -> bool {
+        let mut at = 0;
+        while let Some(&label) = key.get(at) {
+            if self.public.contains(&key[at..]) {
+                return true;
+            }
+            if label == 0 {
+                return false;
+            }
+            at += usize::from(label) + 1;
+        }
+        false
     }
 
     /// The app behind `app`.
