@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use spaceroute::config::{self, Config};
+use spaceroute::config;
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
 use spaceroute::router::{self, Listener, Router, Timeouts};
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
 fn check(zones: &Path) -> ExitCode {
     match config::load_dir(zones) {
         Ok(config) => {
-            println!("{}: ok: {}", zones.display(), summary(&config));
+            println!("{}: ok: {}", zones.display(), config.summary());
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
@@ -116,28 +116,6 @@ fn check(zones: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// "2 spaces, 5 apps, 9 names": what a config holds, for `check` and the startup log.
-fn summary(config: &Config) -> String {
-    let spaces = config.spaces.len();
-    let apps: usize = config.spaces.iter().map(|s| s.apps.len()).sum();
-    let names: usize = (config.spaces.iter())
-        .map(|s| {
-            let app_names: usize = s.apps.iter().map(|a| 1 + a.domains.len()).sum();
-            let zone_names: usize = (s.zones.iter())
-                .map(|z| {
-                    z.records
-                        .keys()
-                        .map(|k| &k.name)
-                        .collect::<std::collections::HashSet<_>>()
-                        .len()
-                })
-                .sum();
-            app_names + zone_names
-        })
-        .sum();
-    format!("{spaces} spaces, {apps} apps, {names} names")
 }
 
 /// Logs every problem and says why serve did not start.
@@ -161,7 +139,7 @@ async fn serve(args: Serve) -> ExitCode {
             ));
         }
     };
-    info!(zones = %zones.display(), "loaded {}", reloader.with_config(summary));
+    info!(zones = %zones.display(), "loaded {}", reloader.summary());
     let (triggers, receiver) = mpsc::unbounded_channel();
     let watch = match FileWatch::start(&reloader, triggers.clone()) {
         Ok(watch) => Some(watch),

@@ -58,7 +58,11 @@ pub struct Reloader {
 }
 
 struct State {
-    config: Config,
+    /// What the serving config holds, for the log ([`Config::summary`]).
+    summary: String,
+    /// The zone and certificate files it was read from, whose directories are watched. The
+    /// config itself is not kept: at a million apps it is as large as the snapshot.
+    files: Vec<PathBuf>,
     prints: Prints,
     serials: Serials,
     generation: u64,
@@ -92,7 +96,8 @@ impl Reloader {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             state: Mutex::new(State {
-                config,
+                summary: config.summary(),
+                files: config.files(),
                 prints,
                 serials,
                 generation: 1,
@@ -111,9 +116,9 @@ impl Reloader {
         self.metrics.clone()
     }
 
-    /// The config now serving.
-    pub fn with_config<T>(&self, f: impl FnOnce(&Config) -> T) -> T {
-        f(&self.lock().config)
+    /// What the config now serving holds: "2 spaces, 5 apps, 9 names".
+    pub fn summary(&self) -> String {
+        self.lock().summary.clone()
     }
 
     /// The counters.
@@ -154,6 +159,8 @@ impl Reloader {
         for w in &snapshot.warnings {
             warn!("{w}");
         }
+        let (summary, files) = (config.summary(), config.files());
+        drop(config);
         let compiled = started.elapsed() - loaded - validated;
         let swap = Instant::now();
         let old = self.snapshot.swap(Arc::new(snapshot));
@@ -161,7 +168,8 @@ impl Reloader {
         drop_here(old);
 
         let changes = Changes::between(&state.prints, &prints);
-        state.config = config;
+        state.summary = summary;
+        state.files = files;
         state.prints = prints;
         state.serials = serials;
         state.generation += 1;
@@ -204,21 +212,11 @@ impl Reloader {
         let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let dir = real(&self.dir);
         let mut paths = BTreeSet::from([dir.clone()]);
-        let state = self.lock();
-        for space in &state.config.spaces {
-            let files = (space.zones.iter().map(|z| z.file.as_path())).chain(
-                space.apps.iter().flat_map(|a| {
-                    a.tls
-                        .iter()
-                        .flat_map(|t| [t.cert.as_path(), t.key.as_path()])
-                }),
-            );
-            for file in files {
-                if let Some(parent) = file.parent().map(real)
-                    && !parent.starts_with(&dir)
-                {
-                    paths.insert(parent);
-                }
+        for file in &self.lock().files {
+            if let Some(parent) = file.parent().map(real)
+                && !parent.starts_with(&dir)
+            {
+                paths.insert(parent);
             }
         }
         paths

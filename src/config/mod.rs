@@ -84,6 +84,40 @@ pub struct Config {
     pub spaces: Vec<Space>,
 }
 
+impl Config {
+    /// "2 spaces, 5 apps, 9 names": what the config holds, for `check` and the startup log.
+    pub fn summary(&self) -> String {
+        let spaces = self.spaces.len();
+        let apps: usize = self.spaces.iter().map(|s| s.apps.len()).sum();
+        let names: usize = (self.spaces.iter())
+            .map(|s| {
+                let app_names: usize = s.apps.iter().map(|a| 1 + a.domains.len()).sum();
+                let zone_names: usize = (s.zones.iter())
+                    .map(|z| {
+                        let owners: std::collections::HashSet<_> =
+                            z.records.keys().map(|k| &k.name).collect();
+                        owners.len()
+                    })
+                    .sum();
+                app_names + zone_names
+            })
+            .sum();
+        format!("{spaces} spaces, {apps} apps, {names} names")
+    }
+
+    /// The zone and certificate files the config was read from, besides the space files.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for space in &self.spaces {
+            files.extend(space.zones.iter().map(|z| z.file.clone()));
+            for tls in space.apps.iter().filter_map(|a| a.tls.as_ref()) {
+                files.extend([tls.cert.clone(), tls.key.clone()]);
+            }
+        }
+        files
+    }
+}
+
 /// A checked space.
 #[derive(Debug, Clone)]
 pub struct Space {

@@ -176,7 +176,7 @@ fn in_zone<'s>(
     let ttl = snapshot.spaces[zone.space].ttl;
     if zone.kind == Apex::Localspace {
         return match snapshot.discovery(zone.space, lower) {
-            Some(dynos) => addresses_step(name, qtype, dynos, ttl, zone.space, || zone),
+            Some(dynos) => addresses_step(name, qtype, &dynos, ttl, zone.space, || zone),
             None => Step::NxDomain(zone),
         };
     }

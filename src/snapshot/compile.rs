@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -70,7 +69,7 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
         }
 
         let mut apps = Vec::new();
-        let mut discovery: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+        let mut by_name: HashMap<Box<str>, usize, RandomState> = HashMap::default();
         for (a, app) in space.apps.iter().enumerate() {
             let app_ref = AppRef { space: s, app: a };
             if let Ok(host) =
@@ -99,21 +98,7 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                     });
                 }
             }
-            // Names are checked by validate, so these only fail on names no app can have.
-            if let Ok(app_name) =
-                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&snapshot.localspace))
-            {
-                for dyno in &app.dynos {
-                    let Ok(process) = app_name.prepend_label(dyno.process.as_str()) else {
-                        continue;
-                    };
-                    if let Ok(one) = process.prepend_label(dyno.index.to_string().as_str()) {
-                        discovery.entry(one).or_default().push(dyno.ip);
-                    }
-                    discovery.entry(process).or_default().push(dyno.ip);
-                }
-                discovery.entry(app_name).or_default();
-            }
+            by_name.insert(app.name.as_str().into(), a);
             let tls =
                 app.tls
                     .as_ref()
@@ -137,10 +122,12 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                     .allow
                     .as_ref()
                     .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
-                web: app
-                    .dynos
-                    .iter()
+                web: (app.dynos.iter())
                     .filter(|d| d.process == "web")
+                    .cloned()
+                    .collect(),
+                others: (app.dynos.iter())
+                    .filter(|d| d.process != "web")
                     .cloned()
                     .collect(),
             });
@@ -168,7 +155,7 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
             unlisted: space.unlisted,
             upstreams: space.upstreams.clone(),
             hostmaster,
-            discovery,
+            by_name,
         });
     }
     snapshot

@@ -89,8 +89,8 @@ pub struct SpaceView {
     /// Where [`Policy::Forward`] relays to.
     pub upstreams: Vec<SocketAddr>,
     hostmaster: Name,
-    /// Service discovery names under `app.localspace.` and the dyno addresses they answer.
-    discovery: HashMap<Name, Vec<IpAddr>>,
+    /// The apps by name, for service discovery.
+    by_name: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
 }
 
 /// An app, compiled.
@@ -104,6 +104,8 @@ pub struct AppView {
     pub allow: Option<u64>,
     /// The `web` dynos, which the router forwards to.
     pub web: Vec<Dyno>,
+    /// The other dynos (workers), which only service discovery names.
+    pub others: Vec<Dyno>,
     /// Where the router's round robin over `web` stands. The one mutable field of a snapshot:
     /// a counter, not answer data.
     pub next: AtomicUsize,
@@ -277,13 +279,36 @@ impl Snapshot {
         (ns, glue)
     }
 
-    /// The dyno addresses of a service discovery name in `space`; `Some(empty)` for `<app>.app.localspace.`.
-    pub fn discovery(&self, space: usize, qname: &Name) -> Option<&[IpAddr]> {
-        self.spaces
-            .get(space)?
-            .discovery
-            .get(qname)
-            .map(Vec::as_slice)
+    /// The dyno addresses of the lower-case service discovery name `qname` in `space`:
+    /// `<app>.app.localspace.` exists with none, `<process>.<app>.…` has every dyno of that
+    /// process, `<n>.<process>.<app>.…` the one dyno; `None` for a name that does not exist.
+    pub fn discovery(&self, space: usize, qname: &Name) -> Option<Vec<IpAddr>> {
+        let space = self.spaces.get(space)?;
+        if !self.localspace.zone_of(qname) {
+            return None;
+        }
+        let labels: Vec<&[u8]> = qname.iter().collect();
+        let below = labels
+            .len()
+            .checked_sub(self.localspace.num_labels() as usize)?;
+        let app_name = std::str::from_utf8(labels.get(below.checked_sub(1)?)?).ok()?;
+        let app = space.apps.get(*space.by_name.get(app_name)?)?;
+        let mut dynos = app.web.iter().chain(&app.others);
+        match below {
+            1 => Some(Vec::new()),
+            2 => {
+                let ips: Vec<IpAddr> = (dynos.filter(|d| d.process.as_bytes() == labels[0]))
+                    .map(|d| d.ip)
+                    .collect();
+                (!ips.is_empty()).then_some(ips)
+            }
+            3 => dynos
+                .find(|d| {
+                    d.process.as_bytes() == labels[1] && d.index.to_string().as_bytes() == labels[0]
+                })
+                .map(|d| vec![d.ip]),
+            _ => None,
+        }
     }
 }
 
