@@ -35,35 +35,35 @@
 //! Traffic goes only to 127.0.0.0/8, ports are picked free, and every process started is
 //! stopped when the bench ends or panics.
 //!
-//! Last result (2026-11-23, the 2-core workplace VM (AMD EPYC), release build, Knot 3.2.6,
-//! nginx 1.22.1, wrk 4.1.0; shared and noisy, so ratios matter more than rates). Second of two
-//! full runs; the first gave ratios 0.60 (udp), 1.27 (tcp), 0.61 and 0.60 (router):
+//! Last result (2026-11-29, the 2-core workplace VM, release build, Knot 3.2.6, nginx 1.22.1,
+//! wrk 4.1.0; shared and noisy, so ratios matter more than rates). Earlier the same day, before
+//! the UDP workers (`recvmmsg`/`sendmmsg` on their own threads) and the byte-level fast path,
+//! the same run gave 0.61 (udp) and 0.95 (tcp); with the workers alone, 0.75 and 0.98:
 //!
 //! ```text
 //! test             server       rate per round               median      p50      p99   cpu per cpu-s
-//! dns udp          spaceroute   141.4k 143.1k 142.1k         142.1k  434.0µs  642.0µs   99%    143.2k
-//! dns udp          knot         254.8k 245.2k 256.9k         254.8k  239.9µs  342.5µs   98%    258.7k
-//! dns udp          spaceroute/knot: 0.55 (rounds 0.55 0.58 0.55), per cpu-s 0.55
-//! dns tcp          spaceroute   166.2k 161.6k 164.2k         164.2k  383.1µs  643.9µs   98%    167.6k
-//! dns tcp          knot         138.4k 143.8k 108.9k         138.4k  427.0µs  685.8µs   98%    140.7k
-//! dns tcp          spaceroute/knot: 1.20 (rounds 1.20 1.12 1.51), per cpu-s 1.19
-//! router, log      spaceroute   30.4k 27.0k 27.6k             27.6k  589.0µs  950.0µs   98%     27.9k
-//! router, log      nginx        46.6k 43.4k 42.3k             43.4k  349.0µs  764.0µs   94%     45.2k
-//! router, log      spaceroute/nginx: 0.65 (rounds 0.65 0.62 0.65), per cpu-s 0.62
-//! router, no log   spaceroute   30.2k 34.9k 34.3k             34.3k  462.0µs  960.0µs   97%     35.3k
-//! router, no log   nginx        48.0k 56.8k 44.8k             48.0k  296.0µs  631.0µs   95%     49.9k
-//! router, no log   spaceroute/nginx: 0.63 (rounds 0.63 0.62 0.77), per cpu-s 0.63
+//! dns udp          spaceroute   382.6k 405.1k 401.1k         401.1k  152.6µs  253.4µs   98%    408.0k
+//! dns udp          knot         331.7k 337.6k 341.9k         337.6k  183.2µs  253.4µs   98%    343.6k
+//! dns udp          spaceroute/knot: 1.17 (rounds 1.15 1.20 1.17), per cpu-s 1.17
+//! dns tcp          spaceroute   305.7k 300.1k 301.7k         301.7k  197.2µs  379.6µs   98%    308.8k
+//! dns tcp          knot         220.9k 215.7k 228.8k         220.9k  272.4µs  524.4µs   98%    225.2k
+//! dns tcp          spaceroute/knot: 1.38 (rounds 1.38 1.39 1.32), per cpu-s 1.39
+//! router, log      spaceroute   30.7k 30.6k 31.1k             30.7k  487.0µs  870.0µs   99%     31.0k
+//! router, log      nginx        64.8k 63.7k 62.1k             63.7k  230.0µs  831.0µs   95%     67.1k
+//! router, log      spaceroute/nginx: 0.48 (rounds 0.47 0.48 0.50), per cpu-s 0.47
+//! router, no log   spaceroute   37.8k 37.1k 35.8k             37.1k  406.0µs  720.0µs   98%     37.8k
+//! router, no log   nginx        73.9k 69.5k 67.7k             69.5k  193.0µs  461.0µs   92%     75.6k
+//! router, no log   spaceroute/nginx: 0.53 (rounds 0.51 0.53 0.53), per cpu-s 0.49
 //! ```
 //!
-//! Both DNS servers are CPU-bound (cpu ~99%), so rates compare the servers, not the generator.
-//! Over UDP Knot reads and writes batches (`recvmmsg`/`sendmmsg`, one `epoll_wait` a batch);
-//! spaceroute makes one `recvfrom` and one `sendto` per query, and two thirds of its time is in
-//! the kernel. Of the rest, `answer` is ~28% of the server's time: encoding the reply through
-//! hickory's `Message::to_vec` (~11%) and finding the zone (`Snapshot::zone`, ~6%: hashing and
-//! trimming `Name`s). Over TCP spaceroute is ahead. The router makes the same syscalls per
-//! request as nginx (2 `recvfrom`, 2 `writev`, 1 log `write`), plus a `getrandom` for each new
-//! X-Request-Id; the gap is user space (hyper's server and client connections, header maps,
-//! formatting the log line ~10%, malloc ~10%). Turning the log line off gains both ~15%.
+//! Both DNS servers are CPU-bound (cpu ~98%), so rates compare the servers, not the generator.
+//! Over UDP both read and write batches now. The workload (90% app names, 10% unknown names)
+//! is mostly the fast path: 0.6 µs of user CPU per query against Knot's 0.75 (dnsperf, 10k
+//! apps); the unknown names (NXDOMAIN with the SOA) still take the full resolver, through
+//! hickory's `Message`. Over TCP the same fast path serves each framed query. The router makes
+//! the same syscalls per request as nginx (2 `recvfrom`, 2 `writev`, 1 log `write`), plus a
+//! `getrandom` for each new X-Request-Id; the gap is user space (hyper's server and client
+//! connections, header maps, formatting the log line ~10%, malloc ~10%).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
