@@ -64,9 +64,29 @@ pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
         .collect();
     paths.sort();
 
+    // Space files parse independently: one thread per core, each taking every n-th file, and
+    // the results put back in file order so that diagnostics and spaces come out the same.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.clamp(1, paths.len().max(1));
+    let mut loaded: Vec<(usize, LoadedSpace)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let paths = &paths;
+                scope.spawn(move || {
+                    (paths.iter().enumerate().skip(t).step_by(threads))
+                        .map(|(i, path)| (i, load_space(path)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        (workers.into_iter())
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    loaded.sort_by_key(|(i, _)| *i);
     let mut sources = Vec::new();
-    for path in paths {
-        match load_space(&path) {
+    for (_, source) in loaded {
+        match source {
             Ok(source) => {
                 sources.push(source.0);
                 diagnostics.extend(source.1);
@@ -104,7 +124,10 @@ pub fn parse_sources(
 }
 
 /// Reads one space file and the files it refers to.
-fn load_space(path: &Path) -> Result<(Source, Vec<Diagnostic>), Diagnostic> {
+/// A space file and the files it names, with the problems found; or why it could not be read.
+type LoadedSpace = Result<(Source, Vec<Diagnostic>), Diagnostic>;
+
+fn load_space(path: &Path) -> LoadedSpace {
     let text = fs::read_to_string(path).map_err(|e| at(path, 1, 1, format!("cannot read: {e}")))?;
     space_source(path, &text, &|p| fs::read(p))
 }
