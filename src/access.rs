@@ -106,6 +106,17 @@ impl Access {
         trust
     }
 
+    /// The lowest-indexed space that trusts `ip` and passes `accept`, without allocating.
+    pub fn first_trusting(&self, ip: IpAddr, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        self.each_hit(ip, |space, _| {
+            if first.is_none_or(|f| space < f) && accept(space) {
+                first = Some(space);
+            }
+        });
+        first
+    }
+
     /// Whether any space trusts `ip`.
     pub fn trusted(&self, ip: IpAddr) -> bool {
         let mut any = false;

@@ -1466,7 +1466,7 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let (mut fast_hits, mut refused, total) = (0, 0, 40_000);
+        let (mut fast_hits, mut refused, mut nxdomain, total) = (0, 0, 0, 40_000);
         for i in 0..total {
             let snapshot = if i % 2 == 0 { &fixture } else { &many };
             let name: String = (names[next(names.len())].chars())
@@ -1523,6 +1523,7 @@ mod tests {
             if let Some(got) = super::fast::answer(snapshot, from, transport, &q) {
                 fast_hits += 1;
                 refused += usize::from(got.outcome.rcode == ResponseCode::Refused);
+                nxdomain += usize::from(got.outcome.rcode == ResponseCode::NXDomain);
                 assert_eq!(
                     got,
                     want,
@@ -1532,11 +1533,11 @@ mod tests {
             }
             assert_eq!(answer(snapshot, from, transport, &q), want);
         }
-        // Exact app names, A or AAAA, a plain OPT, an asker who may see the app; and REFUSED
-        // for public askers.
+        // Exact app names, A or AAAA, a plain OPT, an asker who may see the app; REFUSED for
+        // public askers; NXDOMAIN under the app domain.
         assert!(
-            fast_hits > total / 20 && refused > total / 50,
-            "the fast path took only {fast_hits} of {total}, {refused} of them REFUSED"
+            fast_hits > total / 20 && refused > total / 50 && nxdomain > total / 100,
+            "the fast path took {fast_hits} of {total}: {refused} REFUSED, {nxdomain} NXDOMAIN"
         );
     }
 }

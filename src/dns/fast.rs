@@ -1,7 +1,8 @@
-//! The fast path of [`answer`](super::answer::answer): the two answers that make up most of a
-//! busy server's traffic, written as bytes with no `Message`, no `Name` and no allocation beyond
-//! the reply itself. An A or AAAA query for an app's exact name that the asker may see gets its
-//! addresses; an asker no space trusts, asking below every name it may see, gets REFUSED.
+//! The fast path of [`answer`](super::answer::answer): the answers that make up most of a busy
+//! server's traffic, written as bytes with no `Message` and no `Name` parsed. An A or AAAA query
+//! for an app's exact name that the asker may see gets its addresses; an asker no space trusts,
+//! asking below every name it may see, gets REFUSED; a trusted asker asking for a name under
+//! an app domain that no app it may see owns gets NXDOMAIN with the SOA (policy `nxdomain`).
 //!
 //! Pure, like `answer`. It reads the query in place (header, one question, at most an OPT
 //! without options and nothing after it), looks the lower-cased wire name up in the snapshot
@@ -18,7 +19,7 @@ use std::net::IpAddr;
 use hickory_proto::op::ResponseCode;
 
 use super::answer::{Answer, Outcome, Transport, UDP_PAYLOAD};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{AppRef, Policy, Snapshot, is_wire};
 
 /// The longest wire-format name (RFC 1035 §3.1).
 const MAX_NAME: usize = 255;
@@ -98,16 +99,22 @@ pub fn answer(
             Transport::Tcp => usize::from(u16::MAX),
         },
     };
-    if matches!(qtype, TYPE_A | TYPE_AAAA)
-        && let Some(answer) = addresses(snapshot, client, &query)
-    {
-        return Some(answer);
+    // The app that owns the name, if the asker may see it.
+    let visible = snapshot.exact_host(query.key).and_then(|app| {
+        let trust = snapshot.access.trust(client, app.space);
+        Some((app, snapshot.addresses_for(app, trust.as_ref())?))
+    });
+    if let Some((app, ips)) = visible {
+        return match qtype {
+            TYPE_A | TYPE_AAAA => addresses(snapshot, app, ips, &query),
+            _ => None,
+        };
     }
-    // An asker no space trusts, below every name it may see: REFUSED, whatever the type.
-    if !snapshot.access.trusted(client) && !snapshot.public_may_see(query.key) {
-        return Some(refused(&query));
+    if !snapshot.access.trusted(client) {
+        // Below every name an untrusted asker may see: REFUSED, whatever the type.
+        return (!snapshot.public_may_see(query.key)).then(|| refused(&query));
     }
-    None
+    unlisted(snapshot, client, &query)
 }
 
 /// A query the fast path can take, read in place.
@@ -125,11 +132,9 @@ struct Parsed<'q> {
     limit: usize,
 }
 
-/// The addresses of an app's exact name, when the asker may see it and it has some of the type.
-fn addresses(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answer> {
-    let app = snapshot.exact_host(query.key)?;
-    let trust = snapshot.access.trust(client, app.space);
-    let addresses = snapshot.addresses_for(app, trust.as_ref())?;
+/// The addresses `ips` of an app's exact name, when it has some of the type asked.
+fn addresses(snapshot: &Snapshot, app: AppRef, ips: &[IpAddr], query: &Parsed) -> Option<Answer> {
+    let addresses = ips;
     let ttl = snapshot.spaces[app.space].ttl;
     let qtype = query.qtype;
     let wanted = |ip: &&IpAddr| match qtype {
@@ -178,6 +183,144 @@ fn addresses(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answ
             forward: None,
         },
     })
+}
+
+/// NXDOMAIN for a name under an app domain that no app the asker may see owns, when the
+/// asker's space answers such names itself (`unlisted.policy: nxdomain`): the SOA of that
+/// space's view of the domain, written with hickory's name compression (RFC 1035 §4.1.4) so
+/// that the bytes are the full path's.
+fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answer> {
+    // Zone transfers are REFUSED before any lookup (the full path says so).
+    if matches!(query.qtype, 251 | 252) {
+        return None;
+    }
+    // The closest apex is an app domain, and the name is below it.
+    let (at, true) = snapshot.closest_apex(query.key)? else {
+        return None;
+    };
+    if at == 0 {
+        return None;
+    }
+    let domain = &query.key[at..];
+    // The first space that trusts the asker and uses this domain answers (its SOA, its policy).
+    let space = snapshot
+        .access
+        .first_trusting(client, |s| is_wire(&snapshot.spaces[s].domain, domain))?;
+    let view = &snapshot.spaces[space];
+    // Its nameservers' names answer their addresses: the full path.
+    if view.unlisted != Policy::Nxdomain
+        || view.nameservers.iter().any(|(n, _)| is_wire(n, query.key))
+    {
+        return None;
+    }
+    let zone = crate::snapshot::ZoneView {
+        apex: &view.domain,
+        kind: crate::snapshot::Apex::Domain,
+        space,
+        public: false,
+    };
+    let soa = snapshot.soa(&zone)?;
+    let hickory_proto::rr::RData::SOA(data) = &soa.data else {
+        return None;
+    };
+    let mut reply = start(query, true, ResponseCode::NXDomain, 0);
+    reply[9] = 1; // NSCOUNT
+    // The question's labels end before its root byte, QTYPE and QCLASS.
+    let mut names = Names::new(&reply, 12, query.question_end - 5);
+    names.emit(&mut reply, soa.name.iter());
+    reply.extend_from_slice(&6u16.to_be_bytes());
+    reply.extend_from_slice(&CLASS_IN.to_be_bytes());
+    // The negative TTL: min(SOA TTL, MINIMUM) (RFC 2308 §3).
+    reply.extend_from_slice(&soa.ttl.min(data.minimum).to_be_bytes());
+    let rdlength_at = reply.len();
+    reply.extend_from_slice(&[0, 0]);
+    names.emit(&mut reply, data.mname.iter());
+    names.emit(&mut reply, data.rname.iter());
+    reply.extend_from_slice(&data.serial.to_be_bytes());
+    reply.extend_from_slice(&data.refresh.to_be_bytes());
+    reply.extend_from_slice(&data.retry.to_be_bytes());
+    reply.extend_from_slice(&data.expire.to_be_bytes());
+    reply.extend_from_slice(&data.minimum.to_be_bytes());
+    let rdlength = u16::try_from(reply.len() - rdlength_at - 2).ok()?;
+    reply[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
+    finish(query, &mut reply);
+    if reply.len() > query.limit {
+        return None;
+    }
+    Some(Answer {
+        reply: Some(reply),
+        outcome: Outcome {
+            rcode: ResponseCode::NXDomain,
+            space: Some(space),
+            truncated: false,
+            forward: None,
+        },
+    })
+}
+
+/// The names written so far and where, for compression as hickory's encoder does it: every
+/// label sequence written (up to the end of its name, as written, case and all) can be pointed
+/// to by a later name whose tail is byte-for-byte the same; the first such one wins.
+struct Names {
+    /// (offset in the reply, start and end in `written`).
+    suffixes: Vec<(usize, usize, usize)>,
+    /// The uncompressed label sequences, one after another.
+    written: Vec<u8>,
+}
+
+impl Names {
+    /// Starts with the question's name, at `start..end` of `reply` (without its final 0).
+    fn new(reply: &[u8], start: usize, end: usize) -> Names {
+        let mut names = Names {
+            suffixes: Vec::with_capacity(8),
+            written: Vec::with_capacity(128),
+        };
+        let mut at = start;
+        while at < end {
+            names.remember(at, &reply[at..end]);
+            at += usize::from(reply[at]) + 1;
+        }
+        names
+    }
+
+    fn remember(&mut self, offset: usize, labels: &[u8]) {
+        let from = self.written.len();
+        self.written.extend_from_slice(labels);
+        self.suffixes.push((offset, from, self.written.len()));
+    }
+
+    /// Writes the name of `labels` to `reply`, ending in a pointer where a tail was written
+    /// before.
+    fn emit<'l>(&mut self, reply: &mut Vec<u8>, labels: impl Iterator<Item = &'l [u8]>) {
+        let first = reply.len();
+        let mut starts = [0usize; 128];
+        let mut count = 0;
+        for label in labels {
+            if let Some(slot) = starts.get_mut(count) {
+                *slot = reply.len();
+                count += 1;
+            }
+            reply.push(label.len() as u8);
+            reply.extend_from_slice(label);
+        }
+        let end = reply.len();
+        let tail: Vec<u8> = reply[first..end].to_vec();
+        for &start in &starts[..count] {
+            let search = &tail[start - first..];
+            let found = (self.suffixes.iter())
+                .find(|&&(_, from, to)| &self.written[from..to] == search)
+                .map(|&(offset, _, _)| offset);
+            match found {
+                Some(offset) if offset < 0x3fff => {
+                    reply.truncate(start);
+                    reply.extend_from_slice(&(0xc000 | offset as u16).to_be_bytes());
+                    return;
+                }
+                _ => self.remember(start, search),
+            }
+        }
+        reply.push(0);
+    }
 }
 
 /// REFUSED, not authoritative, with the question and our OPT.

@@ -164,6 +164,9 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
     snapshot.access = Access::new(access);
     snapshot.ents = empty_non_terminals(&snapshot, custom);
     snapshot.public = public_names(&snapshot, config);
+    snapshot.apex_keys = (snapshot.apexes.iter())
+        .map(|(apex, kinds)| (wire(apex).into(), kinds == &[Apex::Domain]))
+        .collect();
     snapshot
 }
 

@@ -50,6 +50,9 @@ pub struct Snapshot {
     /// apps below them: they exist only for askers who may see one of those apps.
     ents: HashMap<Name, Vec<AppRef>>,
     apexes: HashMap<Name, Vec<Apex>>,
+    /// Every apex we serve (lower-case wire form), and whether it is an app domain and nothing
+    /// else (no zone file or custom domain shares it).
+    apex_keys: HashMap<Box<[u8]>, bool, foldhash::fast::RandomState>,
     /// Names at or below which a public asker may get an answer (lower-case wire form).
     public: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     localspace: Name,
@@ -206,6 +209,21 @@ impl Snapshot {
         false
     }
 
+    /// The closest apex at or above `key` (a lower-case wire-format name): its offset in `key`
+    /// and whether it is only an app domain. Ancestors are suffixes of the same buffer.
+    pub fn closest_apex(&self, key: &[u8]) -> Option<(usize, bool)> {
+        let mut at = 0;
+        loop {
+            if let Some(&domain_only) = self.apex_keys.get(&key[at..]) {
+                return Some((at, domain_only));
+            }
+            match key.get(at)? {
+                0 => return None,
+                &label => at += usize::from(label) + 1,
+            }
+        }
+    }
+
     /// The app behind `app`.
     pub fn app(&self, app: AppRef) -> &AppView {
         &self.spaces[app.space].apps[app.app]
@@ -310,6 +328,25 @@ impl Snapshot {
             _ => None,
         }
     }
+}
+
+/// Whether `name` is the lower-case wire-format name `key` (compared without case).
+pub fn is_wire(name: &Name, key: &[u8]) -> bool {
+    let mut at = 0;
+    for label in name.iter() {
+        let Some(&[len, ref rest @ ..]) = key.get(at..) else {
+            return false;
+        };
+        if usize::from(len) != label.len()
+            || !rest
+                .get(..label.len())
+                .is_some_and(|k| k.eq_ignore_ascii_case(label))
+        {
+            return false;
+        }
+        at += label.len() + 1;
+    }
+    key.get(at..) == Some(&[0][..])
 }
 
 /// `name` in lower-case wire format (length-prefixed labels, then 0): the key of app names.
