@@ -1,0 +1,1266 @@
+//! Scale comparison: the `spaceroute` binary against NSD, Knot and BIND, each serving the same
+//! N apps, loaded by dnsperf on the same loopback with the same thread budget.
+//!
+//! - **Data**, generated per N (env `SCALE_APPS`, default `10000`; a list such as
+//!   `10000,1000000` runs each in turn): spaceroute gets one space file (`bench`, network
+//!   127.16.0.0/16, a peer 127.32.0.0/16, router private 127.16.0.10 and public 127.100.0.10,
+//!   apps `app-0000000` .. with every 10th a standard app, `internal_routing: false`, each with
+//!   one web dyno at 127.16.x.y:5000 that nothing ever connects to). Knot and NSD get the
+//!   equivalent `herokuapp.com` zone (SOA, NS, one A 127.16.0.10 per app). BIND gets two views,
+//!   as BIND operators split a domain: `trusted` (match-clients 127.16.0.0/16 and
+//!   127.32.0.0/16) serves that zone; the catch-all view serves a `herokuapp.com` holding only
+//!   the standard apps, at the public address. So BIND hides internal names from outsiders with
+//!   NXDOMAIN, where spaceroute answers REFUSED: BIND refuses per zone, not per name, and
+//!   per-name REFUSED would take one zone per standard app (100k zones at 1M apps), which nobody
+//!   runs. Knot and NSD have no view here: they answer everyone (`no ACL` in the table).
+//! - **Servers**, one worker each where it can be set, so rates compare per core: spaceroute
+//!   `--dns-workers 1` with `TOKIO_WORKER_THREADS=1` (`w1`), and again with 2 of each (`w2`, to
+//!   show multicore scaling; on 2 cores it shares them with dnsperf); Knot `udp-workers: 1`,
+//!   `tcp-workers: 1`, `background-workers: 1`; NSD `server-count: 1`, `minimal-responses: yes`,
+//!   RRL off (`rrl-ratelimit: 0`: Debian's NSD is built with RRL, on at 200 qps per source by
+//!   default, which would cap every run); BIND `named -n 1`, `minimal-responses yes`,
+//!   `recursion no`. They load one after the other; "load" is process start to the first right
+//!   answer (polled every 10 ms), "RSS" the VmRSS after load summed over its processes and
+//!   "PSS" their proportional set size, which counts shared pages once (NSD forks a server
+//!   process that holds the zone, and xfrd).
+//! - **Load**: `dnsperf -l SECS -c 8 -T 2 -q 100` (env `SCALE_SECS`, default 10; `0` only
+//!   loads and probes), `SCALE_ROUNDS` rounds (default 3), interleaved: each round runs every
+//!   test against every server in turn. Tests: `udp trusted` from 127.16.0.5 (90% an app's A,
+//!   5% an unknown name: NXDOMAIN, 5% an app's AAAA: NODATA), `udp refused` from 127.200.0.1
+//!   (internal apps' A), `tcp trusted` (the trusted mix, `-m tcp`). CPU per query is the
+//!   server's utime and stime (all threads and processes, from `/proc`) over the run divided by
+//!   the completed queries; `cpu` is CPU over dnsperf's run time, and `limit` says `generator`
+//!   when the server used under 95% of a core per worker: something other than its CPU set
+//!   the rate, dnsperf, or over TCP the round trips of a server that seems to answer one query
+//!   per connection at a time (Knot and NSD here: 8 connections, ~30% CPU). Queries carry no
+//!   EDNS (dnsperf without `-e`). Ratios are spaceroute `w1` over each peer, and `w2` over
+//!   `w1`, the median of per-round ratios.
+//!
+//! Run: `cargo bench --bench scale`, or for the full comparison
+//! `SCALE_APPS=10000,1000000 cargo bench --bench scale` on a quiet machine (needs `dnsperf`,
+//! `knotd`, `nsd`, `named`: `apt-get install -y dnsperf knot nsd bind9`; a missing peer is
+//! skipped; `SCALE_LOAD_TIMEOUT` seconds, default 900, bounds each server's load). Under `cargo
+//! test` (no `--bench` argument) it serves 100 apps with spaceroute alone and checks its
+//! answers; no peers needed. Traffic goes only to 127.0.0.0/8, ports are picked free, files go
+//! to a temporary directory, and every process started is stopped by PID when the bench ends or
+//! panics (the bench is a child subreaper, so NSD's forks are stopped and reaped too). Nothing
+//! is written to `benches/RESULTS.md`: paste a run there.
+//!
+//! Last result: a smoke run only (2026-11-29, the 2-core workplace VM while another engineer
+//! was compiling on it, release build of commit 197081d, `SCALE_SECS=2 SCALE_ROUNDS=1`; Knot
+//! 3.2.6, NSD 4.6.1, BIND 9.18.49, dnsperf 2.10.0). One round of 2 s on a busy machine: the
+//! rates are noise; see `benches/RESULTS.md` for a full run.
+//!
+//! ```text
+//! N = 10000 apps; 1 round(s) x 2 s, interleaved; dnsperf -c 8 -T 2 -q 100; 2 CPUs
+//! server         workers      load       RSS       PSS
+//! spaceroute w1        1   94.51ms     25.5M     24.0M
+//! spaceroute w2        2   92.37ms     25.7M     22.1M
+//! knot                 1   23.25ms     11.4M      9.6M
+//! nsd                  1   41.82ms     55.5M     45.1M
+//! bind                 1   89.42ms     47.5M     43.3M
+//!
+//! test         server         qps median (min-max)            user     sys   cpu limit     rcodes
+//! udp trusted  spaceroute w1  241.8k (241.8k-241.8k)          0.56    2.25   68% generator NOERROR 95% NXDOMAIN 5%
+//! udp trusted  spaceroute w2  353.6k (353.6k-353.6k)          0.58    1.90   88% generator NOERROR 95% NXDOMAIN 5%
+//! udp trusted  knot           201.8k (201.8k-201.8k)          0.82    2.48   66% generator NOERROR 95% NXDOMAIN 5%
+//! udp trusted  nsd            227.4k (227.4k-227.4k)          0.68    2.37   69% generator NOERROR 95% NXDOMAIN 5%
+//! udp trusted  bind           163.1k (163.1k-163.1k)          3.59    2.51   99% server    NOERROR 95% NXDOMAIN 5%
+//! udp refused  spaceroute w1  270.7k (270.7k-270.7k)          0.37    2.25   71% generator REFUSED 100%
+//! udp refused  spaceroute w2  271.5k (271.5k-271.5k)          0.44    2.46   79% generator REFUSED 100%
+//! udp refused  knot           221.6k (221.6k-221.6k)          0.79    2.48   72% generator NOERROR 100% (no ACL)
+//! udp refused  nsd            232.3k (232.3k-232.3k)          0.73    2.37   72% generator NOERROR 100% (no ACL)
+//! udp refused  bind           146.3k (146.3k-146.3k)          4.33    2.39   98% server    NXDOMAIN 100% (catch-all view)
+//! tcp trusted  spaceroute w1  219.8k (219.8k-219.8k)          1.27    2.23   77% generator NOERROR 95% NXDOMAIN 5%
+//! tcp trusted  spaceroute w2  241.8k (241.8k-241.8k)          1.52    2.10   88% generator NOERROR 95% NXDOMAIN 5%
+//! tcp trusted  knot           71.9k (71.9k-71.9k)             1.36    2.86   30% generator NOERROR 95% NXDOMAIN 5%
+//! tcp trusted  nsd            46.6k (46.6k-46.6k)             1.37    5.27   31% generator NOERROR 95% NXDOMAIN 5%
+//! tcp trusted  bind           121.0k (121.0k-121.0k)          5.05    2.99   97% server    NOERROR 95% NXDOMAIN 5%
+//! (user, sys: server CPU µs per query, median)
+//!
+//! spaceroute w2 / w1 qps: udp trusted 1.46 udp refused 1.00 tcp trusted 1.10
+//!
+//! spaceroute w1 / peer           knot      nsd     bind
+//! udp trusted qps                1.20     1.06     1.48
+//! udp trusted cpu/query          0.85     0.92     0.46
+//! udp refused qps                1.22     1.17     1.85
+//! udp refused cpu/query          0.80     0.85     0.39
+//! tcp trusted qps                3.06     4.72     1.82
+//! tcp trusted cpu/query          0.83     0.53     0.43
+//! load time                      4.07     2.26     1.06
+//! RSS                            2.23     0.46     0.54
+//! PSS                            2.49     0.53     0.55
+//! ```
+//!
+//! dnsperf (two threads) and a one-worker server share the 2 cores, so only BIND, the dearest
+//! per query, is CPU-bound; compare `user` and `sys` per query more than qps. Over TCP Knot
+//! and NSD idle at ~30% CPU: bound by round trips on 8 connections, not by CPU. At 1M apps,
+//! load only (`SCALE_APPS=1000000 SCALE_SECS=0`, same commit): spaceroute 16.8 s (w2 15.2 s)
+//! and 1.42 GB PSS, Knot 1.3 s and 315 MB, NSD 1.3 s and 310 MB (RSS summed over its
+//! processes: 585 MB), BIND 4.8 s and 359 MB; every server answered every probe right.
+
+use std::fmt::Write as _;
+use std::io::{BufWriter, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Where every server listens.
+const LISTEN: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// A resolver inside the space's network: trusted.
+const TRUSTED: Ipv4Addr = Ipv4Addr::new(127, 16, 0, 5);
+/// An asker outside the space and its peer: public.
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(127, 200, 0, 1);
+/// The router addresses: what trusted askers get for every app, and the public for standard
+/// apps.
+const ROUTER_PRIVATE: Ipv4Addr = Ipv4Addr::new(127, 16, 0, 10);
+const ROUTER_PUBLIC: Ipv4Addr = Ipv4Addr::new(127, 100, 0, 10);
+/// Lines in each dnsperf query file (it cycles through them).
+const QUERY_LINES: usize = 200_000;
+const INSTALL: &str = "apt-get install -y dnsperf knot nsd bind9";
+
+fn main() {
+    // Processes our servers fork (NSD's server and xfrd) are reparented to us, not to init,
+    // when their parent exits first, so that `Proc`'s drop can stop and reap them.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    if std::env::args().any(|a| a == "--bench") {
+        full_run(&Settings::from_env());
+    } else {
+        smoke();
+    }
+}
+
+/// Under `cargo test`: 100 apps, spaceroute alone, its answers checked.
+fn smoke() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = Data::generate(&dir.path().join("data"), 100);
+    let kind = Kind::Spaceroute(1);
+    let server = Server::start(
+        kind,
+        &kind.tool().expect("spaceroute"),
+        &data,
+        dir.path(),
+        20,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let wrong = probe(&server);
+    println!(
+        "smoke scale: spaceroute loaded 100 apps in {:.0?}, RSS {}, {} probes wrong",
+        server.load,
+        mb(server.rss_kb),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
+}
+
+/// What the environment asks for.
+struct Settings {
+    apps: Vec<usize>,
+    secs: u64,
+    rounds: usize,
+    load_timeout: u64,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_string());
+        let number = |name: &str, text: &str| -> u64 {
+            (text.trim().replace('_', ""))
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {text:?} is not a number"))
+        };
+        let apps = var("SCALE_APPS", "10000")
+            .split(',')
+            .map(|n| number("SCALE_APPS", n) as usize)
+            .collect::<Vec<_>>();
+        assert!(
+            apps.iter().all(|&n| n >= 20),
+            "SCALE_APPS: at least 20 apps"
+        );
+        Settings {
+            apps,
+            secs: number("SCALE_SECS", &var("SCALE_SECS", "10")),
+            rounds: number("SCALE_ROUNDS", &var("SCALE_ROUNDS", "3")).max(1) as usize,
+            load_timeout: number("SCALE_LOAD_TIMEOUT", &var("SCALE_LOAD_TIMEOUT", "900")),
+        }
+    }
+}
+
+fn full_run(settings: &Settings) {
+    let dnsperf = find_tool("dnsperf");
+    if dnsperf.is_none() {
+        println!("dnsperf not found ({INSTALL}): load times and memory only");
+    }
+    let kinds = [
+        Kind::Spaceroute(1),
+        Kind::Spaceroute(2),
+        Kind::Knot,
+        Kind::Nsd,
+        Kind::Bind,
+    ];
+    let mut tools = Vec::new();
+    for kind in kinds {
+        match kind.tool() {
+            Some(tool) => tools.push((kind, tool)),
+            None => println!("{} not found ({INSTALL}): skipped", kind.binary()),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut report = String::new();
+    for &apps in &settings.apps {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let data = Data::generate(&dir.path().join("data"), apps);
+        println!(
+            "N = {apps}: data generated in {:.1?} (space file {}, zone {})",
+            started.elapsed(),
+            mb(file_kb(&data.space_file)),
+            mb(file_kb(&data.zone))
+        );
+        let mut servers = Vec::new();
+        for (kind, tool) in &tools {
+            match Server::start(*kind, tool, &data, dir.path(), settings.load_timeout) {
+                Ok(server) => {
+                    let wrong = probe(&server);
+                    println!(
+                        "  {} loaded in {:.2?}, RSS {}, PSS {}{}",
+                        server.label,
+                        server.load,
+                        mb(server.rss_kb),
+                        mb(server.pss_kb),
+                        if wrong.is_empty() {
+                            ", answers as expected".to_string()
+                        } else {
+                            format!(", WRONG ANSWERS: {}", wrong.join("; "))
+                        }
+                    );
+                    servers.push(server);
+                }
+                Err(e) => println!("  {} skipped: {e}", kind.label()),
+            }
+        }
+        let mut results: Vec<Vec<Vec<Round>>> = Vec::new();
+        if let (Some(dnsperf), true) = (&dnsperf, settings.secs > 0) {
+            results = vec![vec![Vec::new(); servers.len()]; TESTS.len()];
+            for round in 0..settings.rounds {
+                for (t, test) in TESTS.iter().enumerate() {
+                    for (s, server) in servers.iter().enumerate() {
+                        let r = measure(dnsperf, server, test, &data, settings.secs, dir.path());
+                        match r {
+                            Ok(r) => {
+                                println!(
+                                    "  round {} {:<12} {:<14} {}",
+                                    round + 1,
+                                    test.label,
+                                    server.label,
+                                    r.line()
+                                );
+                                results[t][s].push(r);
+                            }
+                            Err(e) => println!(
+                                "  round {} {} {}: {e}",
+                                round + 1,
+                                test.label,
+                                server.label
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        table(&mut report, apps, settings, cpus, &servers, &results);
+        drop(servers);
+    }
+    println!("\n{report}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data
+
+/// The files generated for N apps.
+struct Data {
+    /// The directory holding spaceroute's one space file.
+    spaces: PathBuf,
+    space_file: PathBuf,
+    /// `herokuapp.com` with every app at the private router address.
+    zone: PathBuf,
+    /// `herokuapp.com` with the standard apps only, at the public router address.
+    public_zone: PathBuf,
+    /// dnsperf input: the trusted mix and the internal apps' A.
+    trusted_queries: PathBuf,
+    refused_queries: PathBuf,
+}
+
+fn app(n: usize) -> String {
+    format!("app-{n:07}")
+}
+
+/// Every 10th app is a standard (public) app; the rest are internal.
+fn standard(n: usize) -> bool {
+    n.is_multiple_of(10)
+}
+
+const ZONE_HEAD: &str = "$ORIGIN herokuapp.com.\n$TTL 60\n\
+     @ IN SOA ns1.bench.internal. hostmaster.herokuapp.com. 1 3600 600 86400 60\n\
+     @ IN NS ns1.bench.internal.\n";
+
+impl Data {
+    fn generate(dir: &Path, apps: usize) -> Data {
+        let spaces = dir.join("spaces");
+        std::fs::create_dir_all(&spaces).expect("mkdir");
+        let data = Data {
+            space_file: spaces.join("bench.yaml"),
+            spaces,
+            zone: dir.join("herokuapp.com.zone"),
+            public_zone: dir.join("herokuapp.com.public.zone"),
+            trusted_queries: dir.join("trusted.txt"),
+            refused_queries: dir.join("refused.txt"),
+        };
+        let mut space = writer(&data.space_file);
+        let _ = write!(
+            space,
+            "space: bench\n\
+             domain: herokuapp.com\n\
+             network: 127.16.0.0/16\n\
+             peers:\n  - {{name: peer, cidrs: [127.32.0.0/16]}}\n\
+             router: {{private: [{ROUTER_PRIVATE}], public: [{ROUTER_PUBLIC}]}}\n\
+             ttl: 60\n\
+             nameservers:\n  - {{name: ns1.bench.internal, ip: 127.16.0.2}}\n\
+             apps:\n"
+        );
+        let mut zone = writer(&data.zone);
+        let mut public = writer(&data.public_zone);
+        zone.write_all(ZONE_HEAD.as_bytes()).expect("write");
+        public.write_all(ZONE_HEAD.as_bytes()).expect("write");
+        for n in 0..apps {
+            let name = app(n);
+            let routing = if standard(n) {
+                "    internal_routing: false\n"
+            } else {
+                ""
+            };
+            // Dynos at 127.16.1.1 .. 127.16.255.254 (repeating past 64k apps); never contacted.
+            let _ = write!(
+                space,
+                "  - name: {name}\n{routing}    dynos:\n      - {{name: web.1, ip: 127.16.{}.{}, port: 5000}}\n",
+                1 + (n / 254) % 255,
+                1 + n % 254
+            );
+            let _ = writeln!(zone, "{name} IN A {ROUTER_PRIVATE}");
+            if standard(n) {
+                let _ = writeln!(public, "{name} IN A {ROUTER_PUBLIC}");
+            }
+        }
+        for mut w in [space, zone, public] {
+            w.flush().expect("write");
+        }
+
+        let mut rng = Rng(0x5eed_1234_abcd_ef01 ^ apps as u64);
+        let mut trusted = writer(&data.trusted_queries);
+        let mut refused = writer(&data.refused_queries);
+        for _ in 0..QUERY_LINES {
+            let n = (rng.next() % apps as u64) as usize;
+            let _ = match rng.next() % 100 {
+                0..90 => writeln!(trusted, "{}.herokuapp.com A", app(n)),
+                90..95 => writeln!(trusted, "nx-{}.herokuapp.com A", rng.next() % 10_000_000),
+                _ => writeln!(trusted, "{}.herokuapp.com AAAA", app(n)),
+            };
+            let internal = if standard(n) { n + 1 } else { n };
+            let _ = writeln!(refused, "{}.herokuapp.com A", app(internal.min(apps - 1)));
+        }
+        for mut w in [trusted, refused] {
+            w.flush().expect("write");
+        }
+        data
+    }
+}
+
+fn writer(path: &Path) -> BufWriter<std::fs::File> {
+    BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+}
+
+/// xorshift64: cheap, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The servers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// spaceroute with this many DNS workers (and tokio worker threads).
+    Spaceroute(usize),
+    Knot,
+    Nsd,
+    Bind,
+}
+
+impl Kind {
+    fn label(self) -> String {
+        match self {
+            Kind::Spaceroute(w) => format!("spaceroute w{w}"),
+            Kind::Knot => "knot".into(),
+            Kind::Nsd => "nsd".into(),
+            Kind::Bind => "bind".into(),
+        }
+    }
+
+    fn binary(self) -> &'static str {
+        match self {
+            Kind::Spaceroute(_) => "spaceroute",
+            Kind::Knot => "knotd",
+            Kind::Nsd => "nsd",
+            Kind::Bind => "named",
+        }
+    }
+
+    fn tool(self) -> Option<PathBuf> {
+        match self {
+            Kind::Spaceroute(_) => Some(PathBuf::from(env!("CARGO_BIN_EXE_spaceroute"))),
+            _ => find_tool(self.binary()),
+        }
+    }
+
+    fn workers(self) -> usize {
+        match self {
+            Kind::Spaceroute(w) => w,
+            _ => 1,
+        }
+    }
+
+    /// What a public asker gets for an internal app: (rcode, address).
+    fn public_internal(self) -> Expected {
+        match self {
+            Kind::Spaceroute(_) => (ResponseCode::Refused, None),
+            Kind::Bind => (ResponseCode::NXDomain, None),
+            Kind::Knot | Kind::Nsd => (ResponseCode::NoError, Some(ROUTER_PRIVATE)),
+        }
+    }
+
+    /// The note on the refused test's row.
+    fn refused_note(self) -> &'static str {
+        match self {
+            Kind::Spaceroute(_) => "",
+            Kind::Bind => "catch-all view",
+            Kind::Knot | Kind::Nsd => "no ACL",
+        }
+    }
+}
+
+/// A loaded server.
+struct Server {
+    kind: Kind,
+    label: String,
+    proc: Proc,
+    addr: SocketAddr,
+    /// Process start to the first right answer.
+    load: Duration,
+    /// VmRSS after load, summed over its processes (NSD's serving child holds the zone, its
+    /// main process little): pages they share count more than once.
+    rss_kb: u64,
+    /// The proportional set size of its processes after load: shared pages counted once.
+    pss_kb: u64,
+}
+
+impl Server {
+    /// Writes the server's configuration under `dir`, starts it and waits (up to `timeout`
+    /// seconds) until it answers an app's A right.
+    fn start(
+        kind: Kind,
+        tool: &Path,
+        data: &Data,
+        dir: &Path,
+        timeout: u64,
+    ) -> Result<Server, String> {
+        let label = kind.label();
+        let dir = dir.join(label.replace(' ', "-"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let addr = SocketAddr::new(LISTEN.into(), free_port(LISTEN.into()));
+        let d = dir.display();
+        let (port, zone, public_zone) =
+            (addr.port(), data.zone.display(), data.public_zone.display());
+        let mut cmd = Command::new(tool);
+        match kind {
+            Kind::Spaceroute(workers) => {
+                let http = SocketAddr::new(LISTEN.into(), free_port(LISTEN.into()));
+                cmd.arg("serve")
+                    .arg("--zones")
+                    .arg(&data.spaces)
+                    .args(["--dns", &addr.to_string(), "--http", &http.to_string()])
+                    .args(["--dns-workers", &workers.to_string()])
+                    .env("TOKIO_WORKER_THREADS", workers.to_string())
+                    .env("SPACEROUTE_LOG", "warn");
+            }
+            Kind::Knot => {
+                let conf = format!(
+                    "server:\n    rundir: \"{d}\"\n    listen: {LISTEN}@{port}\n\
+                     \x20   udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
+                     log:\n  - target: stderr\n    any: warning\n\
+                     database:\n    storage: \"{d}\"\n\
+                     template:\n  - id: default\n    storage: \"{d}\"\n    journal-content: none\n\
+                     \x20   zonefile-sync: -1\n\
+                     zone:\n  - domain: herokuapp.com\n    file: \"{zone}\"\n"
+                );
+                let path = dir.join("knot.conf");
+                std::fs::write(&path, conf).expect("write knot.conf");
+                cmd.arg("-c").arg(path);
+            }
+            Kind::Nsd => {
+                // Running as root, NSD would drop to the `nsd` user, who cannot read a private
+                // temporary directory: username "" keeps it as we are.
+                let conf = format!(
+                    "server:\n    ip-address: {LISTEN}@{port}\n    port: {port}\n    do-ip6: no\n\
+                     \x20   server-count: 1\n    reuseport: no\n    username: \"\"\n    chroot: \"\"\n\
+                     \x20   zonesdir: \"{d}\"\n    pidfile: \"{d}/nsd.pid\"\n    database: \"\"\n\
+                     \x20   zonelistfile: \"{d}/zone.list\"\n    xfrdfile: \"{d}/xfrd.state\"\n\
+                     \x20   xfrdir: \"{d}\"\n    verbosity: 1\n    hide-version: yes\n\
+                     \x20   minimal-responses: yes\n    rrl-ratelimit: 0\n    rrl-whitelist-ratelimit: 0\n\
+                     remote-control:\n    control-enable: no\n\
+                     zone:\n    name: herokuapp.com\n    zonefile: \"{zone}\"\n"
+                );
+                let path = dir.join("nsd.conf");
+                std::fs::write(&path, conf).expect("write nsd.conf");
+                cmd.arg("-d").arg("-c").arg(path);
+            }
+            Kind::Bind => {
+                let conf = format!(
+                    "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n\
+                     \x20 session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n\
+                     \x20 listen-on port {port} {{ {LISTEN}; }};\n  listen-on-v6 {{ none; }};\n\
+                     \x20 recursion no;\n  minimal-responses yes;\n  notify no;\n\
+                     \x20 dnssec-validation no;\n  empty-zones-enable no;\n  allow-transfer {{ none; }};\n}};\n\
+                     controls {{ }};\n\
+                     acl trusted {{ 127.16.0.0/16; 127.32.0.0/16; }};\n\
+                     view \"trusted\" {{\n  match-clients {{ trusted; }};\n\
+                     \x20 zone \"herokuapp.com\" {{ type primary; file \"{zone}\"; }};\n}};\n\
+                     view \"public\" {{\n  match-clients {{ any; }};\n\
+                     \x20 zone \"herokuapp.com\" {{ type primary; file \"{public_zone}\"; }};\n}};\n"
+                );
+                let path = dir.join("named.conf");
+                std::fs::write(&path, conf).expect("write named.conf");
+                cmd.args(["-g", "-n", "1", "-c"]).arg(path);
+            }
+        }
+        let started = Instant::now();
+        let mut proc = Proc::spawn(&label, &mut cmd, &dir.join("server.log"));
+        let query = query_bytes(&format!("{}.herokuapp.com.", app(1)), RecordType::A, 1);
+        let deadline = started + Duration::from_secs(timeout);
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Err(format!("exited with {status}:\n{}", proc.log_tail()));
+            }
+            if let Some((ResponseCode::NoError, addrs)) = ask_udp(addr, TRUSTED, &query, 50)
+                && addrs == [ROUTER_PRIVATE]
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no right answer within {timeout} s:\n{}",
+                    proc.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let load = started.elapsed();
+        let pid = proc.pid();
+        Ok(Server {
+            kind,
+            label,
+            proc,
+            addr,
+            load,
+            rss_kb: tree(pid).iter().map(|&p| status_kb(p, "VmRSS:")).sum(),
+            pss_kb: tree(pid).iter().map(|&p| pss_kb(p)).sum(),
+        })
+    }
+}
+
+/// What a probe asks (source, name, type, over TCP or not) and the rcode and address it
+/// expects (no address: an empty answer section).
+type Case<'a> = (&'a str, Ipv4Addr, &'a str, RecordType, bool, Expected);
+type Expected = (ResponseCode, Option<Ipv4Addr>);
+
+/// Asks `server` what each audience should see; the mismatches, described.
+fn probe(server: &Server) -> Vec<String> {
+    use RecordType::{A, AAAA};
+    let internal = format!("{}.herokuapp.com.", app(1));
+    let public_app = format!("{}.herokuapp.com.", app(0));
+    let public_standard = match server.kind {
+        Kind::Knot | Kind::Nsd => ROUTER_PRIVATE,
+        _ => ROUTER_PUBLIC,
+    };
+    let ok = |ip| (ResponseCode::NoError, Some(ip));
+    let cases: [Case; 6] = [
+        (
+            "trusted A",
+            TRUSTED,
+            &internal,
+            A,
+            false,
+            ok(ROUTER_PRIVATE),
+        ),
+        (
+            "trusted A over tcp",
+            TRUSTED,
+            &internal,
+            A,
+            true,
+            ok(ROUTER_PRIVATE),
+        ),
+        (
+            "trusted unknown A",
+            TRUSTED,
+            "nx-1.herokuapp.com.",
+            A,
+            false,
+            (ResponseCode::NXDomain, None),
+        ),
+        (
+            "trusted AAAA",
+            TRUSTED,
+            &internal,
+            AAAA,
+            false,
+            (ResponseCode::NoError, None),
+        ),
+        (
+            "public internal A",
+            PUBLIC,
+            &internal,
+            A,
+            false,
+            server.kind.public_internal(),
+        ),
+        (
+            "public standard A",
+            PUBLIC,
+            &public_app,
+            A,
+            false,
+            ok(public_standard),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (id, (what, source, name, rtype, tcp, (rcode, addr))) in cases.into_iter().enumerate() {
+        let query = query_bytes(name, rtype, id as u16 + 100);
+        let got = if tcp {
+            ask_tcp(server.addr, source, &query)
+        } else {
+            ask_udp(server.addr, source, &query, 1000)
+        };
+        let expected = (rcode, addr.into_iter().collect::<Vec<_>>());
+        if got.as_ref() != Some(&expected) {
+            wrong.push(format!("{what}: got {got:?}, expected {expected:?}"));
+        }
+    }
+    wrong
+}
+
+/// A query with ID `id`, RD clear, no EDNS (as dnsperf sends without `-e`).
+fn query_bytes(name: &str, rtype: RecordType, id: u16) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = false;
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    m.to_vec().expect("encode")
+}
+
+/// The rcode and the IPv4 addresses answered, if a reply with the query's ID came.
+fn reply_of(query: &[u8], reply: &[u8]) -> Option<(ResponseCode, Vec<Ipv4Addr>)> {
+    let m = Message::from_vec(reply).ok()?;
+    if m.metadata.id != u16::from_be_bytes([query[0], query[1]]) {
+        return None;
+    }
+    let addrs = (m.answers.iter())
+        .filter_map(|r| match r.data.ip_addr() {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    Some((m.metadata.response_code, addrs))
+}
+
+fn ask_udp(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    query: &[u8],
+    wait_ms: u64,
+) -> Option<(ResponseCode, Vec<Ipv4Addr>)> {
+    let socket = UdpSocket::bind((source, 0)).expect("bind a loopback source");
+    socket.connect(server).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(wait_ms)))
+        .expect("timeout");
+    socket.send(query).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).ok()?;
+    reply_of(query, &buf[..n])
+}
+
+/// One framed query over TCP from `source` (bound before connecting, as std cannot).
+fn ask_tcp(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    query: &[u8],
+) -> Option<(ResponseCode, Vec<Ipv4Addr>)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
+    socket
+        .bind(&SocketAddr::new(source.into(), 0).into())
+        .ok()?;
+    socket
+        .connect_timeout(&server.into(), Duration::from_secs(1))
+        .ok()?;
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    stream.write_all(&framed).ok()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).ok()?;
+    reply_of(query, &buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+/// One kind of load.
+struct Test {
+    label: &'static str,
+    source: Ipv4Addr,
+    refused: bool,
+    tcp: bool,
+}
+
+const TESTS: [Test; 3] = [
+    Test {
+        label: "udp trusted",
+        source: TRUSTED,
+        refused: false,
+        tcp: false,
+    },
+    Test {
+        label: "udp refused",
+        source: PUBLIC,
+        refused: true,
+        tcp: false,
+    },
+    Test {
+        label: "tcp trusted",
+        source: TRUSTED,
+        refused: false,
+        tcp: true,
+    },
+];
+
+/// One dnsperf run against one server.
+#[derive(Debug, Clone)]
+struct Round {
+    qps: f64,
+    completed: u64,
+    lost: u64,
+    /// Server CPU µs per completed query.
+    user_us: f64,
+    sys_us: f64,
+    /// Server CPU time over dnsperf's run time (1.0 = one core).
+    cpu: f64,
+    /// dnsperf's "Response codes" line, shortened.
+    rcodes: String,
+}
+
+impl Round {
+    fn line(&self) -> String {
+        format!(
+            "{:>8} qps  user {:.2} µs/q  sys {:.2} µs/q  cpu {:>3.0}%  lost {}  {}",
+            si(self.qps),
+            self.user_us,
+            self.sys_us,
+            self.cpu * 100.0,
+            self.lost,
+            self.rcodes
+        )
+    }
+}
+
+fn measure(
+    dnsperf: &Path,
+    server: &Server,
+    test: &Test,
+    data: &Data,
+    secs: u64,
+    dir: &Path,
+) -> Result<Round, String> {
+    let file = if test.refused {
+        &data.refused_queries
+    } else {
+        &data.trusted_queries
+    };
+    let mut cmd = Command::new(dnsperf);
+    cmd.args([
+        "-s",
+        &LISTEN.to_string(),
+        "-p",
+        &server.addr.port().to_string(),
+    ])
+    .args(["-a", &test.source.to_string(), "-d"])
+    .arg(file)
+    .args(["-l", &secs.to_string(), "-c", "8", "-T", "2", "-q", "100"]);
+    if test.tcp {
+        cmd.args(["-m", "tcp"]);
+    }
+    let log = dir.join("dnsperf.log");
+    let pid = server.proc.pid();
+    let before = cpu_ticks(pid);
+    let mut perf = Proc::spawn("dnsperf", &mut cmd, &log);
+    let deadline = Instant::now() + Duration::from_secs(secs + 60);
+    let status = loop {
+        if let Ok(Some(status)) = perf.child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("dnsperf did not finish:\n{}", perf.log_tail()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let after = cpu_ticks(pid);
+    let text = perf.log_text();
+    drop(perf);
+    if !status.success() {
+        return Err(format!("dnsperf failed ({status}):\n{text}"));
+    }
+    let field = |key: &str| {
+        (text.lines())
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+            .ok_or_else(|| format!("no {key:?} in dnsperf's output:\n{text}"))
+    };
+    let first_number = |s: &str| -> Result<f64, String> {
+        (s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("not a number: {s:?}"))
+    };
+    let completed = first_number(field("Queries completed:")?)? as u64;
+    let lost = first_number(field("Queries lost:")?)? as u64;
+    let run_time = first_number(field("Run time (s):")?)?;
+    let qps = first_number(field("Queries per second:")?)?;
+    let rcodes = field("Response codes:").unwrap_or("").to_string();
+    // "NOERROR 90 (90.00%), NXDOMAIN 10 (10.00%)" → "NOERROR 90% NXDOMAIN 10%".
+    let rcodes = (rcodes.split(", "))
+        .filter_map(|part| {
+            let mut words = part.split_whitespace();
+            let code = words.next()?;
+            let share = words
+                .nth(1)?
+                .trim_matches(|c| c == '(' || c == ')' || c == '%');
+            Some(format!("{code} {:.0}%", share.parse::<f64>().ok()?))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let hz = clock_ticks() as f64;
+    let per_query = |ticks: u64| ticks as f64 / hz * 1e6 / completed.max(1) as f64;
+    let (user, sys) = (after.0 - before.0, after.1 - before.1);
+    Ok(Round {
+        qps,
+        completed,
+        lost,
+        user_us: per_query(user),
+        sys_us: per_query(sys),
+        cpu: (user + sys) as f64 / hz / run_time.max(1e-3),
+        rcodes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+/// Appends the tables for `apps` apps to `report`: `results[test][server]` are the rounds.
+fn table(
+    report: &mut String,
+    apps: usize,
+    settings: &Settings,
+    cpus: usize,
+    servers: &[Server],
+    results: &[Vec<Vec<Round>>],
+) {
+    let load = if results.is_empty() {
+        "load and answers only".to_string()
+    } else {
+        format!(
+            "{} round(s) x {} s, interleaved; dnsperf -c 8 -T 2 -q 100",
+            settings.rounds, settings.secs
+        )
+    };
+    let _ = writeln!(report, "N = {apps} apps; {load}; {cpus} CPUs");
+    let _ = writeln!(
+        report,
+        "{:<14} {:>7} {:>9} {:>9} {:>9}",
+        "server", "workers", "load", "RSS", "PSS"
+    );
+    for s in servers {
+        let _ = writeln!(
+            report,
+            "{:<14} {:>7} {:>9} {:>9} {:>9}",
+            s.label,
+            s.kind.workers(),
+            format!("{:.2?}", s.load),
+            mb(s.rss_kb),
+            mb(s.pss_kb)
+        );
+    }
+    if results.is_empty() {
+        let _ = writeln!(report, "(no load: dnsperf missing or SCALE_SECS=0)");
+    } else {
+        let _ = writeln!(
+            report,
+            "\n{:<12} {:<14} {:<28} {:>7} {:>7} {:>5} {:<9} rcodes",
+            "test", "server", "qps median (min-max)", "user", "sys", "cpu", "limit"
+        );
+        for (test, per_server) in TESTS.iter().zip(results) {
+            for (server, rounds) in servers.iter().zip(per_server) {
+                if rounds.is_empty() {
+                    continue;
+                }
+                let qps = || rounds.iter().map(|r| r.qps);
+                let cpu = median(rounds.iter().map(|r| r.cpu));
+                let limit = if cpu < 0.95 * server.kind.workers() as f64 {
+                    "generator"
+                } else {
+                    "server"
+                };
+                let lost: u64 = rounds.iter().map(|r| r.lost).sum();
+                let completed: u64 = rounds.iter().map(|r| r.completed).sum();
+                let mut rcodes = rounds[rounds.len() - 1].rcodes.clone();
+                if test.refused && !server.kind.refused_note().is_empty() {
+                    let _ = write!(rcodes, " ({})", server.kind.refused_note());
+                }
+                if lost > 0 {
+                    let share = lost as f64 * 100.0 / (lost + completed) as f64;
+                    let _ = write!(rcodes, ", lost {share:.2}%");
+                }
+                let _ = writeln!(
+                    report,
+                    "{:<12} {:<14} {:<28} {:>7.2} {:>7.2} {:>4.0}% {:<9} {}",
+                    test.label,
+                    server.label,
+                    format!(
+                        "{} ({}-{})",
+                        si(median(qps())),
+                        si(qps().fold(f64::INFINITY, f64::min)),
+                        si(qps().fold(0.0, f64::max))
+                    ),
+                    median(rounds.iter().map(|r| r.user_us)),
+                    median(rounds.iter().map(|r| r.sys_us)),
+                    cpu * 100.0,
+                    limit,
+                    rcodes
+                );
+            }
+        }
+        let _ = writeln!(report, "(user, sys: server CPU µs per query, median)");
+    }
+
+    // Median of the per-round ratios of `f` between servers `a` and `b` in test `t`.
+    let per_round = |t: usize, a: usize, b: usize, f: &dyn Fn(&Round) -> f64| -> Option<f64> {
+        let (a, b) = (results.get(t)?.get(a)?, results.get(t)?.get(b)?);
+        let ratios = a.iter().zip(b).map(|(x, y)| f(x) / f(y));
+        (!a.is_empty() && !b.is_empty()).then(|| median(ratios))
+    };
+    let position = |kind| servers.iter().position(|s| s.kind == kind);
+    let Some(ours) = position(Kind::Spaceroute(1)) else {
+        let _ = writeln!(report);
+        return;
+    };
+    // Multicore: w2 over w1.
+    if let (Some(w2), false) = (position(Kind::Spaceroute(2)), results.is_empty()) {
+        let _ = write!(report, "\nspaceroute w2 / w1 qps:");
+        for (t, test) in TESTS.iter().enumerate() {
+            if let Some(r) = per_round(t, w2, ours, &|r| r.qps) {
+                let _ = write!(report, " {} {r:.2}", test.label);
+            }
+        }
+        let _ = writeln!(report);
+    }
+    // Spaceroute w1 over each peer.
+    let peers: Vec<usize> = (0..servers.len())
+        .filter(|&i| !matches!(servers[i].kind, Kind::Spaceroute(_)))
+        .collect();
+    if peers.is_empty() {
+        let _ = writeln!(report);
+        return;
+    }
+    let _ = write!(report, "\n{:<26}", "spaceroute w1 / peer");
+    for &i in &peers {
+        let _ = write!(report, " {:>8}", servers[i].label);
+    }
+    let _ = writeln!(report);
+    let mut row = |label: &str, ratio: &dyn Fn(usize) -> Option<f64>| {
+        let _ = write!(report, "{label:<26}");
+        for &i in &peers {
+            let _ = match ratio(i) {
+                Some(r) => write!(report, " {r:>8.2}"),
+                None => write!(report, " {:>8}", "-"),
+            };
+        }
+        let _ = writeln!(report);
+    };
+    for (t, test) in TESTS.iter().enumerate().filter(|_| !results.is_empty()) {
+        row(&format!("{} qps", test.label), &|i| {
+            per_round(t, ours, i, &|r| r.qps)
+        });
+        row(&format!("{} cpu/query", test.label), &|i| {
+            per_round(t, ours, i, &|r| r.user_us + r.sys_us)
+        });
+    }
+    let ours = &servers[ours];
+    row("load time", &|i| {
+        Some(ours.load.as_secs_f64() / servers[i].load.as_secs_f64())
+    });
+    row("RSS", &|i| {
+        Some(ours.rss_kb as f64 / servers[i].rss_kb.max(1) as f64)
+    });
+    row("PSS", &|i| {
+        Some(ours.pss_kb as f64 / servers[i].pss_kb.max(1) as f64)
+    });
+    let _ = writeln!(
+        report,
+        "(median of per-round ratios; qps > 1: spaceroute faster; cpu/query, load, memory < 1: \
+         spaceroute cheaper; refused vs knot and nsd: they answer, no ACL)\n"
+    );
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// 123456.0 → "123.5k".
+fn si(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// kB → "12.3M".
+fn mb(kb: u64) -> String {
+    format!("{:.1}M", kb as f64 / 1024.0)
+}
+
+fn file_kb(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len() / 1024)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A started process, stopped on drop by PID: SIGTERM, then SIGKILL after 10 s, and SIGKILL to
+/// any of its descendants (NSD's server and xfrd) still running. Its stdout and stderr go to
+/// `log`.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last 20 lines of the log.
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let descendants: Vec<(u32, u64)> = (tree(self.pid()).into_iter().skip(1))
+            .filter_map(|pid| Some((pid, start_time(pid)?)))
+            .collect();
+        signal(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            println!("{} did not stop on SIGTERM: killed", self.name);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Its children, if they outlived it, are ours now (subreaper): stop and reap those
+        // whose PID still names the same process (same start time).
+        for (pid, started) in descendants {
+            if start_time(pid) == Some(started) {
+                signal(pid, Signal::SIGKILL);
+                let pid = Pid::from_raw(pid as i32);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+}
+
+/// `name` on the PATH or in /usr/sbin, /sbin (where knotd, nsd and named live).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A port free for both TCP and UDP on `ip`, found by binding port 0 and letting go.
+fn free_port(ip: IpAddr) -> u16 {
+    assert!(ip.is_loopback(), "servers listen on loopback only");
+    for _ in 0..32 {
+        let tcp = TcpListener::bind((ip, 0)).expect("bind tcp on loopback");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both tcp and udp on {ip}");
+}
+
+/// `pid` and its descendants, from `/proc/PID/task/*/children`.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", all[i])) {
+            for task in tasks.flatten() {
+                let list =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                all.extend(
+                    list.split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    // State is a letter; the rest are numbers.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// When `pid` started, in clock ticks since boot: with the PID, names one process.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19).copied()
+}
+
+/// User and system CPU time of `pid` and its descendants, in clock ticks.
+fn cpu_ticks(pid: u32) -> (u64, u64) {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            // utime and stime: fields 14 and 15 of stat, the 12th and 13th after the name.
+            let f = stat_fields(p)?;
+            Some((*f.get(11)?, *f.get(12)?))
+        })
+        .fold((0, 0), |(u, s), (pu, ps): (u64, u64)| (u + pu, s + ps))
+}
+
+/// Clock ticks per second (USER_HZ), from `getconf CLK_TCK`; 100 if that fails.
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// A `key: N kB` line of `/proc/PID/status`.
+fn status_kb(pid: u32, key: &str) -> u64 {
+    kb_field(&format!("/proc/{pid}/status"), key)
+}
+
+fn pss_kb(pid: u32) -> u64 {
+    kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn kb_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
