@@ -17,9 +17,10 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RData;
 
 use super::answer::{Answer, Outcome, Transport, UDP_PAYLOAD};
-use crate::snapshot::{AppRef, Policy, Snapshot, is_wire};
+use crate::snapshot::{Apex, AppRef, Policy, Snapshot, ZoneView, is_wire};
 
 /// The longest wire-format name (RFC 1035 §3.1).
 const MAX_NAME: usize = 255;
@@ -112,7 +113,10 @@ pub fn answer(
     }
     if !snapshot.access.trusted(client) {
         // Below every name an untrusted asker may see: REFUSED, whatever the type.
-        return (!snapshot.public_may_see(query.key)).then(|| refused(&query));
+        if snapshot.public_may_see(query.key) {
+            return None;
+        }
+        return refused(&query);
     }
     unlisted(snapshot, client, &query)
 }
@@ -133,8 +137,12 @@ struct Parsed<'q> {
 }
 
 /// The addresses `ips` of an app's exact name, when it has some of the type asked.
-fn addresses(snapshot: &Snapshot, app: AppRef, ips: &[IpAddr], query: &Parsed) -> Option<Answer> {
-    let addresses = ips;
+fn addresses(
+    snapshot: &Snapshot,
+    app: AppRef,
+    addresses: &[IpAddr],
+    query: &Parsed,
+) -> Option<Answer> {
     let ttl = snapshot.spaces[app.space].ttl;
     let qtype = query.qtype;
     let wanted = |ip: &&IpAddr| match qtype {
@@ -169,20 +177,7 @@ fn addresses(snapshot: &Snapshot, app: AppRef, ips: &[IpAddr], query: &Parsed) -
             }
         }
     }
-    finish(query, &mut reply);
-    // Too big for the asker: the full path truncates.
-    if reply.len() > query.limit {
-        return None;
-    }
-    Some(Answer {
-        reply: Some(reply),
-        outcome: Outcome {
-            rcode: ResponseCode::NoError,
-            space: Some(app.space),
-            truncated: false,
-            forward: None,
-        },
-    })
+    done(query, reply, ResponseCode::NoError, Some(app.space))
 }
 
 /// NXDOMAIN for a name under an app domain that no app the asker may see owns, when the
@@ -213,14 +208,14 @@ fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answe
     {
         return None;
     }
-    let zone = crate::snapshot::ZoneView {
+    let zone = ZoneView {
         apex: &view.domain,
-        kind: crate::snapshot::Apex::Domain,
+        kind: Apex::Domain,
         space,
         public: false,
     };
     let soa = snapshot.soa(&zone)?;
-    let hickory_proto::rr::RData::SOA(data) = &soa.data else {
+    let RData::SOA(data) = &soa.data else {
         return None;
     };
     let mut reply = start(query, true, ResponseCode::NXDomain, 0);
@@ -243,19 +238,7 @@ fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answe
     reply.extend_from_slice(&data.minimum.to_be_bytes());
     let rdlength = u16::try_from(reply.len() - rdlength_at - 2).ok()?;
     reply[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
-    finish(query, &mut reply);
-    if reply.len() > query.limit {
-        return None;
-    }
-    Some(Answer {
-        reply: Some(reply),
-        outcome: Outcome {
-            rcode: ResponseCode::NXDomain,
-            space: Some(space),
-            truncated: false,
-            forward: None,
-        },
-    })
+    done(query, reply, ResponseCode::NXDomain, Some(space))
 }
 
 /// The names written so far and where, for compression as hickory's encoder does it: every
@@ -324,18 +307,9 @@ impl Names {
 }
 
 /// REFUSED, not authoritative, with the question and our OPT.
-fn refused(query: &Parsed) -> Answer {
-    let mut reply = start(query, false, ResponseCode::Refused, 0);
-    finish(query, &mut reply);
-    Answer {
-        reply: Some(reply),
-        outcome: Outcome {
-            rcode: ResponseCode::Refused,
-            space: None,
-            truncated: false,
-            forward: None,
-        },
-    }
+fn refused(query: &Parsed) -> Option<Answer> {
+    let reply = start(query, false, ResponseCode::Refused, 0);
+    done(query, reply, ResponseCode::Refused, None)
 }
 
 /// The header and question of the reply to `query`, for `answers` records to follow.
@@ -354,11 +328,26 @@ fn start(query: &Parsed, authoritative: bool, rcode: ResponseCode, answers: u16)
     reply
 }
 
-/// Appends our OPT when the query had one: payload 1232, version 0, the asker's DO.
-fn finish(query: &Parsed, reply: &mut Vec<u8>) {
+/// Appends our OPT when the query had one (payload 1232, version 0, the asker's DO) and
+/// makes the answer; `None` when it is too big for the asker, so the full path truncates.
+fn done(
+    query: &Parsed,
+    mut reply: Vec<u8>,
+    rcode: ResponseCode,
+    space: Option<usize>,
+) -> Option<Answer> {
     if let Some(dnssec_ok) = query.edns {
         reply.extend_from_slice(&[0, 0, 41]);
         reply.extend_from_slice(&UDP_PAYLOAD.to_be_bytes());
         reply.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
     }
+    (reply.len() <= query.limit).then_some(Answer {
+        reply: Some(reply),
+        outcome: Outcome {
+            rcode,
+            space,
+            truncated: false,
+            forward: None,
+        },
+    })
 }
