@@ -3,7 +3,8 @@
 //! Data flows one way: `config` (load, validate) → `snapshot::compile` → an immutable
 //! [`snapshot::Snapshot`] behind one `ArcSwap` → `dns::server` and `router`; `reload` is the
 //! only writer of that `ArcSwap`, and `metrics` counts what the servers do.
-//! `access`, `snapshot` and `dns::answer` are pure: no sockets, no tokio, no clock, no logging;
+//! `access`, `snapshot` and `dns::answer` (with `dns::resolve` and the fast path) are pure: no
+//! sockets, no tokio, no clock, no logging;
 //! `tests/layering.rs` holds the modules to that.
 
 #![warn(missing_docs)]
