@@ -1466,7 +1466,8 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let (mut fast_hits, mut refused, mut nxdomain, total) = (0, 0, 0, 40_000);
+        let (mut fast_hits, mut refused, mut nxdomain, mut nodata) = (0, 0, 0, 0);
+        let total = 40_000;
         for i in 0..total {
             let snapshot = if i % 2 == 0 { &fixture } else { &many };
             let name: String = (names[next(names.len())].chars())
@@ -1524,6 +1525,12 @@ mod tests {
                 fast_hits += 1;
                 refused += usize::from(got.outcome.rcode == ResponseCode::Refused);
                 nxdomain += usize::from(got.outcome.rcode == ResponseCode::NXDomain);
+                let reply = got.reply.as_deref().map(Message::from_vec);
+                nodata += usize::from(reply.is_some_and(|m| {
+                    m.is_ok_and(|m| {
+                        m.metadata.response_code == ResponseCode::NoError && m.answers.is_empty()
+                    })
+                }));
                 assert_eq!(
                     got,
                     want,
@@ -1533,11 +1540,16 @@ mod tests {
             }
             assert_eq!(answer(snapshot, from, transport, &q), want);
         }
-        // Exact app names, A or AAAA, a plain OPT, an asker who may see the app; REFUSED for
-        // public askers; NXDOMAIN under the app domain.
+        // Exact app names, A or AAAA, a plain OPT, an asker who may see the app (with NODATA
+        // where it has no address of the type); REFUSED for public askers; NXDOMAIN under the
+        // app domain.
         assert!(
-            fast_hits > total / 20 && refused > total / 50 && nxdomain > total / 100,
-            "the fast path took {fast_hits} of {total}: {refused} REFUSED, {nxdomain} NXDOMAIN"
+            fast_hits > total / 20
+                && refused > total / 50
+                && nxdomain > total / 100
+                && nodata > total / 400,
+            "the fast path took {fast_hits} of {total}: {refused} REFUSED, {nxdomain} NXDOMAIN, \
+             {nodata} NODATA"
         );
     }
 }

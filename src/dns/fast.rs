@@ -1,6 +1,7 @@
 //! The fast path of [`answer`](super::answer::answer): the answers that make up most of a busy
 //! server's traffic, written as bytes with no `Message` and no `Name` parsed. An A or AAAA query
-//! for an app's exact name that the asker may see gets its addresses; an asker no space trusts,
+//! for an app's exact name that the asker may see gets its addresses (or, for an app name under
+//! its domain with none of the type, NODATA with the SOA); an asker no space trusts,
 //! asking below every name it may see, gets REFUSED; a trusted asker asking for a name under
 //! an app domain that no app it may see owns gets NXDOMAIN with the SOA (policy `nxdomain`).
 //!
@@ -107,7 +108,10 @@ pub fn answer(
     });
     if let Some((app, ips)) = visible {
         return match qtype {
-            TYPE_A | TYPE_AAAA => addresses(snapshot, app, ips, &query),
+            TYPE_A | TYPE_AAAA if ips.iter().any(|ip| ip.is_ipv4() == (qtype == TYPE_A)) => {
+                addresses(snapshot, app, ips, &query)
+            }
+            TYPE_A | TYPE_AAAA => nodata(snapshot, client, app, &query),
             _ => None,
         };
     }
@@ -150,9 +154,6 @@ fn addresses(
         _ => ip.is_ipv6(),
     };
     let answers = addresses.iter().filter(wanted).count();
-    if answers == 0 {
-        return None; // NODATA needs the zone's SOA: the full path.
-    }
 
     let mut reply = start(
         query,
@@ -181,9 +182,8 @@ fn addresses(
 }
 
 /// NXDOMAIN for a name under an app domain that no app the asker may see owns, when the
-/// asker's space answers such names itself (`unlisted.policy: nxdomain`): the SOA of that
-/// space's view of the domain, written with hickory's name compression (RFC 1035 §4.1.4) so
-/// that the bytes are the full path's.
+/// asker's space answers such names itself (`unlisted.policy: nxdomain`), with the SOA of that
+/// space's view of the domain.
 fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answer> {
     // Zone transfers are REFUSED before any lookup (the full path says so).
     if matches!(query.qtype, 251 | 252) {
@@ -214,11 +214,50 @@ fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answe
         space,
         public: false,
     };
-    let soa = snapshot.soa(&zone)?;
+    negative(snapshot, query, &zone, ResponseCode::NXDomain)
+}
+
+/// NODATA for an app's own name (`<app>.<domain>`) that the asker may see but that has no
+/// address of the type asked: the SOA of the app domain as the asker sees it (its first
+/// trusting space's, or the app space's public identity).
+fn nodata(snapshot: &Snapshot, client: IpAddr, app: AppRef, query: &Parsed) -> Option<Answer> {
+    let domain = &snapshot.spaces[app.space].domain;
+    // The name is right below the app domain, and no apex lies above that domain.
+    let (at, true) = snapshot.closest_apex(query.key)? else {
+        return None;
+    };
+    let above = at + usize::from(*query.key.get(at)?) + 1;
+    if at == 0
+        || !is_wire(domain, &query.key[at..])
+        || snapshot.closest_apex(query.key.get(above..)?).is_some()
+    {
+        return None;
+    }
+    let trusting = snapshot
+        .access
+        .first_trusting(client, |s| &snapshot.spaces[s].domain == domain);
+    let zone = ZoneView {
+        apex: domain,
+        kind: Apex::Domain,
+        space: trusting.unwrap_or(app.space),
+        public: trusting.is_none(),
+    };
+    negative(snapshot, query, &zone, ResponseCode::NoError)
+}
+
+/// A negative answer (NXDOMAIN or NODATA) with `zone`'s SOA in the authority section, written
+/// with hickory's name compression (RFC 1035 §4.1.4) so that the bytes are the full path's.
+fn negative(
+    snapshot: &Snapshot,
+    query: &Parsed,
+    zone: &ZoneView,
+    rcode: ResponseCode,
+) -> Option<Answer> {
+    let soa = snapshot.soa(zone)?;
     let RData::SOA(data) = &soa.data else {
         return None;
     };
-    let mut reply = start(query, true, ResponseCode::NXDomain, 0);
+    let mut reply = start(query, true, rcode, 0);
     reply[9] = 1; // NSCOUNT
     // The question's labels end before its root byte, QTYPE and QCLASS.
     let mut names = Names::new(&reply, 12, query.question_end - 5);
@@ -238,7 +277,7 @@ fn unlisted(snapshot: &Snapshot, client: IpAddr, query: &Parsed) -> Option<Answe
     reply.extend_from_slice(&data.minimum.to_be_bytes());
     let rdlength = u16::try_from(reply.len() - rdlength_at - 2).ok()?;
     reply[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
-    done(query, reply, ResponseCode::NXDomain, Some(space))
+    done(query, reply, rcode, Some(zone.space))
 }
 
 /// The names written so far and where, for compression as hickory's encoder does it: every
