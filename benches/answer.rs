@@ -14,21 +14,21 @@
 //! Run: `cargo bench --bench answer` (criterion, 2 s per benchmark, 20 samples). Under `cargo
 //! test` criterion runs each benchmark once, on 1,000 apps, as a check that it works.
 //!
-//! Last result: a smoke run only (2026-11-29, the 2-core workplace VM while another engineer
-//! was compiling on it, release build of commit 197081d; criterion's interval for the time per
-//! call):
+//! Last result (2026-11-29, the 2-core workplace VM, quiet, release build; criterion's median
+//! time per call; the full run in `benches/RESULTS.md`):
 //!
 //! ```text
-//! answer/hit              time:   [107.45 ns 109.00 ns 111.38 ns]
-//! answer/nxdomain         time:   [674.31 ns 683.50 ns 691.80 ns]
-//! answer/refused          time:   [119.01 ns 120.01 ns 121.59 ns]
-//! reference/hit           time:   [1.1523 µs 1.1637 µs 1.1720 µs]
-//! reference/nxdomain      time:   [2.6111 µs 2.6172 µs 2.6236 µs]
-//! reference/refused       time:   [1.8299 µs 1.8371 µs 1.8432 µs]
+//! answer/hit              107.22 ns
+//! answer/nxdomain         631.99 ns
+//! answer/refused          125.00 ns
+//! reference/hit             1.1749 µs
+//! reference/nxdomain        2.6134 µs
+//! reference/refused         1.8360 µs
 //! ```
 //!
 //! The fast path answers a hit and a refusal in about a tenth of the full path's time;
-//! NXDOMAIN (with the negative SOA) about six times a hit.
+//! NXDOMAIN (with the negative SOA, built through `Snapshot::soa` and compressed name by name)
+//! about six times a hit: pre-encoding each view's SOA would close that.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
