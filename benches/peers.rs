@@ -68,13 +68,17 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
+
+mod common;
+
+use common::{Proc, find_tool, free_port, median, si, stat_fields, tree};
 
 /// Apps in the zone, `app-0` .. `app-{APPS-1}`.
 const APPS: usize = 1000;
@@ -314,118 +318,8 @@ fn table(
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// 123456.0 → "123.5k".
-fn si(x: f64) -> String {
-    if x >= 1000.0 {
-        format!("{:.1}k", x / 1000.0)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// A started process, stopped on drop (SIGTERM, then SIGKILL after 5 s); its stdout and stderr
-/// go to `log`.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let out = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until `ready` holds, panicking with the log if the process exits or 20 s pass.
-    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
-            }
-            if ready() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not {what} within 20 s:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGTERM first: nginx's master stops its worker (SIGKILL would orphan it).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `name` on the PATH or in /usr/sbin, /sbin (where knotd and nginx live).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A port free for both TCP and UDP on `ip`, found by binding port 0 and letting go.
-fn free_port(ip: IpAddr) -> u16 {
-    assert!(ip.is_loopback(), "servers listen on loopback only");
-    for _ in 0..32 {
-        let tcp = TcpListener::bind((ip, 0)).expect("bind tcp on loopback");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both tcp and udp on {ip}");
-}
 
 /// Whether a DNS server answers a query at `addr` over UDP.
 fn answers_dns(addr: SocketAddr) -> bool {
@@ -466,28 +360,15 @@ impl Cpu {
     }
 }
 
-/// utime + stime of `pid` (all its threads) and of its children, recursively, in clock ticks.
+/// utime + stime of `pid` and its descendants, in clock ticks.
 fn tree_ticks(pid: u32) -> u64 {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses: state is the first.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    (tree(pid).into_iter())
+        .filter_map(|p| {
+            // utime and stime: the 12th and 13th fields after the command name.
+            let f = stat_fields(p)?;
+            Some(f.get(11)? + f.get(12)?)
         })
-        .unwrap_or(0);
-    let mut children = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            children += (list.split_whitespace())
-                .filter_map(|c| c.parse().ok())
-                .map(tree_ticks)
-                .sum::<u64>();
-        }
-    }
-    own + children
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -712,11 +593,10 @@ fn wrk_run(wrk: &Path, addr: SocketAddr, secs: Duration) -> Wrk {
         .args(["-H", "Host: app-0.herokuapp.com"])
         .arg(format!("http://{addr}/"));
     let mut proc = Proc::spawn("wrk", &mut cmd, &out);
-    let deadline = Instant::now() + secs + Duration::from_secs(15);
-    while proc.child.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "wrk did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        proc.wait_exit(secs + Duration::from_secs(15)).is_some(),
+        "wrk did not finish"
+    );
     let text = proc.log_text();
     drop(proc);
     let _ = std::fs::remove_file(&out);
