@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 
@@ -175,7 +176,8 @@ impl Validator {
         }
 
         let mut apps: Vec<App> = Vec::new();
-        let mut app_names: HashSet<&str> = HashSet::with_capacity(f.apps.len());
+        let mut app_names: FastSet<&str> =
+            FastSet::with_capacity_and_hasher(f.apps.len(), <_>::default());
         for (i, a) in f.apps.iter().enumerate() {
             let cert = source.certs.get(i).cloned().flatten();
             if let Some(app) = self.app(&here, i, a, &peers, cert) {
@@ -230,10 +232,9 @@ impl Validator {
         cert: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Option<App> {
         let before = self.diagnostics.len();
-        let entry = format!("apps[{i}]");
         if !is_app_name(&a.name) {
             let msg = format!("app name {:?} must be [a-z][a-z0-9-]{{2,29}}", a.name);
-            self.report(here, &format!("{entry}.name"), msg);
+            self.report(here, &format!("apps[{i}].name"), msg);
         }
         let allow = a.allow.as_ref().map(|allow| {
             (allow.iter().enumerate())
@@ -242,7 +243,7 @@ impl Validator {
                     if found.is_none() {
                         let msg =
                             format!("allow names {name:?}, which is not a peer of this space");
-                        self.report(here, &format!("{entry}.allow[{j}]"), msg);
+                        self.report(here, &format!("apps[{i}].allow[{j}]"), msg);
                     }
                     found
                 })
@@ -253,40 +254,45 @@ impl Validator {
             match parse_host(d, true) {
                 Ok(name) if domains.contains(&name) => {
                     let msg = format!("domain {d:?} is listed twice");
-                    self.report(here, &format!("{entry}.domains[{j}]"), msg);
+                    self.report(here, &format!("apps[{i}].domains[{j}]"), msg);
                 }
                 Ok(name) => domains.push(name),
                 Err(e) => self.report(
                     here,
-                    &format!("{entry}.domains[{j}]"),
+                    &format!("apps[{i}].domains[{j}]"),
                     format!("domain: {e}"),
                 ),
             }
         }
         let mut dynos: Vec<Dyno> = Vec::new();
         for (j, d) in a.dynos.iter().enumerate() {
-            let at = format!("{entry}.dynos[{j}]");
+            let at = || format!("apps[{i}].dynos[{j}]");
             let shape = d.name.split_once('.').and_then(|(process, n)| {
-                let n: u32 = n.parse().ok().filter(|n: &u32| *n > 0)?;
-                (is_process(process) && n.to_string() == d.name[process.len() + 1..])
-                    .then(|| (process.to_string(), n))
+                // Canonical decimal only: `web.01` and `web.+1` would name `web.1` twice.
+                let canonical = n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0');
+                let n: u32 = n.parse().ok().filter(|_| canonical)?;
+                is_process(process).then(|| (process.to_string(), n))
             });
             let Some((process, index)) = shape else {
                 let msg = format!("dyno name {:?} must be <process>.<n>, like web.1", d.name);
-                self.report(here, &format!("{at}.name"), msg);
+                self.report(here, &format!("{}.name", at()), msg);
                 continue;
             };
-            let ip = self.ip(here, &format!("{at}.ip"), &d.ip);
+            let ip = d.ip.parse::<IpAddr>().ok();
+            if ip.is_none() {
+                let msg = format!("{:?} is not an IP address", d.ip);
+                self.report(here, &format!("{}.ip", at()), msg);
+            }
             if process == "web" && d.port.is_none_or(|p| p == 0) {
                 let msg = format!("web dyno {:?} needs a port (1-65535)", d.name);
-                self.report(here, &at, msg);
+                self.report(here, &at(), msg);
             }
             if dynos
                 .iter()
                 .any(|o| o.process == process && o.index == index)
             {
                 let msg = format!("duplicate dyno name {:?}", d.name);
-                self.report(here, &format!("{at}.name"), msg);
+                self.report(here, &format!("{}.name", at()), msg);
             }
             if let Some(ip) = ip {
                 dynos.push(Dyno {
@@ -300,7 +306,7 @@ impl Validator {
         if let Some((cert_pem, key_pem)) = &cert
             && let Err((what, message)) = check_pem(cert_pem, key_pem)
         {
-            self.report(here, &format!("{entry}.tls.{what}"), message);
+            self.report(here, &format!("apps[{i}].tls.{what}"), message);
         }
         let tls = a.tls.as_ref().zip(cert).map(|(t, (cert_pem, key_pem))| {
             let base = here.path.parent().unwrap_or(Path::new("."));
@@ -389,7 +395,10 @@ impl Validator {
             }
         }
         let mut space_names: HashMap<&str, &Path> = HashMap::new();
-        let mut apps: HashMap<(Name, &str), &Path> = HashMap::new();
+        // Apps are keyed by (app domain, name); the domain as a small number, as hashing a Name
+        // goes byte by byte and a million apps share a few domains.
+        let mut domain_ids: HashMap<&Name, usize> = HashMap::new();
+        let mut apps: FastMap<(usize, &str), &Path> = FastMap::default();
         let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
         let app_domains: HashSet<Name> = spaces.iter().map(|(s, _)| s.domain.clone()).collect();
         let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.zones));
@@ -402,6 +411,14 @@ impl Validator {
             .collect();
         for (i, (space, source)) in spaces.iter().enumerate() {
             let here = here(source);
+            let next_id = domain_ids.len();
+            let domain_id = *domain_ids.entry(&space.domain).or_insert(next_id);
+            // The nameserver names one label below this app domain, the names an app could take.
+            let ns_labels: Vec<(&[u8], &Path)> = (ns_names.iter())
+                .filter(|(n, _)| n.num_labels() == space.domain.num_labels() + 1)
+                .filter(|(n, _)| n.base_name() == space.domain)
+                .filter_map(|(n, p)| Some((n.iter().next()?, *p)))
+                .collect();
             if let Some(first) = space_names.insert(&space.name, &source.path) {
                 let msg = format!(
                     "space {:?} is also defined in {}",
@@ -423,8 +440,10 @@ impl Validator {
                 }
             }
             for (a, app) in space.apps.iter().enumerate() {
-                let host = Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain));
-                if let Some(file) = host.ok().and_then(|h| ns_names.get(&h)) {
+                let ns = ns_labels
+                    .iter()
+                    .find(|(l, _)| l.eq_ignore_ascii_case(app.name.as_bytes()));
+                if let Some((_, file)) = ns {
                     let msg = format!(
                         "app {:?} collides with a nameserver name in {}",
                         app.name,
@@ -432,7 +451,7 @@ impl Validator {
                     );
                     self.report(&here, &format!("apps[{a}].name"), msg);
                 }
-                let key = (space.domain.clone(), app.name.as_str());
+                let key = (domain_id, app.name.as_str());
                 if let Some(first) = apps.insert(key, &source.path) {
                     let msg = format!(
                         "app {:?} is already defined for {} in {}",
