@@ -20,6 +20,7 @@ use std::path::Path;
 use hickory_proto::op::{Header, Message, MessageType, Query};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use spaceroute::config::Diagnostic;
+use spaceroute::config::model::SpaceFile;
 use spaceroute::dns::answer::{Transport, UDP_PAYLOAD, answer, reference};
 use spaceroute::snapshot::{self, Snapshot};
 
@@ -161,6 +162,15 @@ pub fn split_load_input(input: &[u8]) -> (String, String) {
 /// When a check fails: that is the finding.
 pub fn check_load(input: &[u8]) -> Vec<Diagnostic> {
     let (yaml, other) = split_load_input(input);
+    // The fast YAML reader reads nothing differently from serde_yaml; it may only give up.
+    if let Some(fast) = spaceroute::config::yaml::from_str::<SpaceFile>(&yaml) {
+        let full: Result<SpaceFile, _> = serde_yaml::from_str(&yaml);
+        assert_eq!(
+            Some(&fast),
+            full.as_ref().ok(),
+            "the fast YAML reader disagrees"
+        );
+    }
     let files = [(SPACE_FILE, yaml.as_str())];
     let others = OTHER_FILES.map(|path| (path, other.as_str()));
     match spaceroute::config::parse_texts(&files, &others) {

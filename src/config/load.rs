@@ -1,9 +1,10 @@
 //! The only code that reads operator files: space files, zone files and certificates.
 //!
 //! `parse_*` functions take text and a path to name in diagnostics, so tests never need a file;
-//! `load_*` wrap them with the file system. YAML is read twice: serde_yaml fills the model (and
-//! gives syntax errors their position), and yaml-rust2's event parser records where each entry
-//! starts, so that `validate` can point at the line of a bad value.
+//! `load_*` wrap them with the file system. The model is filled by the fast reader in `yaml.rs`
+//! when the file is in the plain block style it reads, and by serde_yaml otherwise (serde_yaml
+//! also gives syntax errors their position). yaml-rust2's event parser records where each entry
+//! starts, only once `validate` needs to point at the line of a bad value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -212,6 +213,9 @@ pub fn default_origin(path: &Path, audience: Audience) -> Name {
 
 /// Parses a space file's YAML. `path` only names the file in diagnostics.
 pub fn parse_space(path: &Path, text: &str) -> Result<(SpaceFile, Positions), Diagnostic> {
+    if let Some(file) = super::yaml::from_str(text) {
+        return Ok((file, Positions::parse(text)));
+    }
     let file: SpaceFile = serde_yaml::from_str(text).map_err(|e| {
         // An error at the very end of a file without a final newline is reported one line past
         // it; point at the last line instead.

@@ -10,6 +10,7 @@
 pub mod load;
 pub mod model;
 pub mod validate;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 /// One YAML space file: a private space, its trusted networks, its apps and zone files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceFile {
     /// The space's name, `[a-z0-9-]+`, unique across files.
@@ -42,7 +42,7 @@ pub struct SpaceFile {
 }
 
 /// A trusted network outside the space.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     /// The peer's name, which apps' `allow` lists refer to.
@@ -52,7 +52,7 @@ pub struct Peer {
 }
 
 /// The router endpoints of a space.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Router {
     /// Internal endpoints: the A/AAAA answers for trusted askers.
@@ -64,7 +64,7 @@ pub struct Router {
 }
 
 /// A name server of the zones a space sees.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nameserver {
     /// The server's host name.
@@ -75,7 +75,7 @@ pub struct Nameserver {
 
 /// The public identity of a space's synthesized zones (its app domain, as seen for its
 /// standard apps, and their custom-domain apexes): never the private nameservers.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Public {
     /// Public NS (and glue) of those zones; the first is the SOA MNAME. When absent, the SOA
@@ -87,7 +87,7 @@ pub struct Public {
 }
 
 /// Names under the space's app domain that no space lists (`some-public-app.herokuapp.com`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Unlisted {
     /// What trusted askers get for them.
@@ -124,7 +124,7 @@ pub enum Audience {
 }
 
 /// A zone file the space serves.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneEntry {
     /// The zone file's path, relative to the space file.
@@ -135,7 +135,7 @@ pub struct ZoneEntry {
 }
 
 /// An app of the space.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     /// The app's name, `[a-z][a-z0-9-]{2,29}`, unique per domain.
@@ -160,7 +160,7 @@ fn default_true() -> bool {
 }
 
 /// A certificate and key pair in PEM files, relative to the space file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// The certificate chain.
@@ -170,7 +170,7 @@ pub struct Tls {
 }
 
 /// One dyno of an app.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dyno {
     /// `<process>.<n>`, e.g. `web.1`.
