@@ -11,6 +11,7 @@ pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -68,6 +69,8 @@ pub struct Router {
     upstreams: Upstreams,
     timeouts: Timeouts,
     connections: Arc<Semaphore>,
+    /// Where the round robin over web dynos stands.
+    next: AtomicUsize,
 }
 
 /// The most client connections open at once; more are closed as they are accepted, so a flood
@@ -87,6 +90,7 @@ impl Router {
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            next: AtomicUsize::new(0),
         }
     }
 }

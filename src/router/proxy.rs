@@ -30,7 +30,7 @@ use super::body::{Idle, Outcome, Tail};
 use super::log::{Record, RouterError};
 use super::upstream::{ConnectError, ProxyBody};
 use crate::metrics::Metrics;
-use crate::snapshot::AppView;
+use crate::snapshot::Endpoint;
 
 /// The longest request line and header line accepted, as on Heroku.
 pub const MAX_LINE: usize = 8192;
@@ -96,8 +96,8 @@ pub async fn handle(
     let Some(app_ref) = app_ref else {
         return Ok(pending.fail(RouterError::NO_SUCH_APP, &mut record));
     };
-    let app = snapshot.app(app_ref);
-    if app.web.is_empty() {
+    let web = snapshot.spaces[app_ref.space].web(snapshot.app(app_ref));
+    if web.is_empty() {
         return Ok(pending.fail(RouterError::NO_WEB, &mut record));
     }
 
@@ -115,7 +115,7 @@ pub async fn handle(
     let mut body = Some(Idle::new(body, router.timeouts.idle).boxed_unsync());
     let mut retried = false;
     let (addr, sender, mut response) = loop {
-        let Some((addr, mut sender, reused)) = connect(&router, app, &mut record, upgrade).await
+        let Some((addr, mut sender, reused)) = connect(&router, web, &mut record, upgrade).await
         else {
             return Ok(pending.fail(RouterError::NO_DYNO, &mut record));
         };
@@ -207,18 +207,20 @@ pub async fn handle(
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
-/// A connection to the next web dyno of `app` in round-robin order, skipping (and marking
+/// A connection to the next of the `web` dynos in round-robin order, skipping (and marking
 /// down) dynos that refuse; dynos already marked down are tried last. Also returns whether the
 /// connection came from the pool. Sets the record's dyno and connect time.
 async fn connect(
     router: &Router,
-    app: &AppView,
+    web: &[Endpoint],
     record: &mut Record,
     upgrade: bool,
 ) -> Option<(SocketAddr, SendRequest<ProxyBody>, bool)> {
-    let start = app.next.fetch_add(1, Ordering::Relaxed);
-    let mut order: Vec<_> = (0..app.web.len())
-        .map(|i| &app.web[(start + i) % app.web.len()])
+    // One rotation for every app: the snapshot holds no counters, and requests for one app
+    // still take its dynos in turn.
+    let start = router.next.fetch_add(1, Ordering::Relaxed);
+    let mut order: Vec<_> = (0..web.len())
+        .map(|i| &web[(start + i) % web.len()])
         .collect();
     order.sort_by_key(|d| {
         router
@@ -230,7 +232,7 @@ async fn connect(
         match router.upstreams.checkout(addr, upgrade).await {
             Ok((sender, took, reused)) => {
                 record.connect = took;
-                record.dyno = dyno.name();
+                record.dyno = format!("web.{}", dyno.index);
                 return Some((addr, sender, reused));
             }
             Err(e) => {

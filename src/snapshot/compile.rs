@@ -5,14 +5,15 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{Apex, AppRef, AppView, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData, wire};
+use super::{
+    Apex, AppRef, AppView, Endpoint, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData, wire,
+};
 use crate::access::{Access, Member};
 use crate::config::{Audience, Config};
 
@@ -68,22 +69,23 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
             apexes.push(Apex::File { space: s, zone: z });
         }
 
-        let mut apps = Vec::new();
-        let mut by_name: HashMap<Box<str>, usize, RandomState> = HashMap::default();
+        let mut apps = Vec::with_capacity(space.apps.len());
+        let mut dynos = Vec::new();
+        let mut processes: Vec<Box<str>> = vec!["web".into()];
+        let domain = wire(&space.domain);
+        let mut host = Vec::new();
         for (a, app) in space.apps.iter().enumerate() {
             let app_ref = AppRef { space: s, app: a };
-            if let Ok(host) =
-                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
-            {
-                snapshot.hosts.insert(wire(&host).into(), app_ref);
-            }
+            snapshot
+                .hosts
+                .insert(app_host(&mut host, &app.name, &domain), app_ref);
             for domain in &app.domains {
                 let base = crate::config::validate::wildcard_base(domain);
                 custom.push((domain.clone(), app_ref));
                 if domain.is_wildcard() {
                     snapshot.wildcards.insert(base.clone(), app_ref);
                 } else {
-                    snapshot.hosts.insert(wire(domain).into(), app_ref);
+                    snapshot.hosts.insert(&wire(domain), app_ref);
                 }
                 // Its own apex, for every audience no zone file of the space covers: a standard
                 // app's domain inside a trusted-only zone file is its own apex to the public.
@@ -98,7 +100,6 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                     });
                 }
             }
-            by_name.insert(app.name.as_str().into(), a);
             let tls =
                 app.tls
                     .as_ref()
@@ -113,23 +114,34 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                             None
                         }
                     });
+            let start = dynos.len() as u32;
+            let web = (app.dynos.iter()).filter(|d| d.process == "web");
+            let others = (app.dynos.iter()).filter(|d| d.process != "web");
+            for dyno in web.chain(others) {
+                let process = match processes.iter().position(|p| **p == *dyno.process) {
+                    Some(p) => p,
+                    None => {
+                        processes.push(dyno.process.as_str().into());
+                        processes.len() - 1
+                    }
+                };
+                dynos.push(Endpoint {
+                    ip: dyno.ip,
+                    port: dyno.port,
+                    index: dyno.index,
+                    process: process as u16,
+                });
+            }
+            let web = start + app.dynos.iter().filter(|d| d.process == "web").count() as u32;
             apps.push(AppView {
-                name: app.name.clone(),
-                next: AtomicUsize::new(0),
+                name: app.name.as_str().into(),
                 tls,
                 internal: app.internal_routing,
                 allow: app
                     .allow
                     .as_ref()
                     .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
-                web: (app.dynos.iter())
-                    .filter(|d| d.process == "web")
-                    .cloned()
-                    .collect(),
-                others: (app.dynos.iter())
-                    .filter(|d| d.process != "web")
-                    .cloned()
-                    .collect(),
+                dynos: (start, web, dynos.len() as u32),
             });
         }
         let hostmaster =
@@ -155,7 +167,8 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
             unlisted: space.unlisted,
             upstreams: space.upstreams.clone(),
             hostmaster,
-            by_name,
+            dynos,
+            processes,
         });
     }
     snapshot
@@ -187,13 +200,11 @@ fn public_names(snapshot: &Snapshot, config: &Config) -> HashSet<Box<[u8]>, Rand
             public.insert(wire(apex).into());
         }
     }
+    let mut host = Vec::new();
     for space in &config.spaces {
+        let domain = wire(&space.domain);
         for app in space.apps.iter().filter(|a| !a.internal_routing) {
-            if let Ok(host) =
-                Name::from_ascii(&app.name).and_then(|n| n.append_domain(&space.domain))
-            {
-                public.insert(wire(&host).into());
-            }
+            public.insert(app_host(&mut host, &app.name, &domain).into());
             for domain in &app.domains {
                 let base = crate::config::validate::wildcard_base(domain);
                 public.insert(wire(&base).into());
@@ -285,4 +296,14 @@ fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
 
 fn name(text: &str) -> Name {
     Name::from_ascii(text).unwrap_or_else(|_| Name::root())
+}
+
+/// The lower-case wire name `<app>.<domain>` in `buf`; `domain` is in wire form already and
+/// app names are lower-case (`validate` checks), so no `Name` is built for a million apps.
+fn app_host<'b>(buf: &'b mut Vec<u8>, app: &str, domain: &[u8]) -> &'b [u8] {
+    buf.clear();
+    buf.push(app.len() as u8);
+    buf.extend(app.bytes().map(|b| b.to_ascii_lowercase()));
+    buf.extend_from_slice(domain);
+    buf
 }

@@ -11,16 +11,16 @@ mod compile;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rustls::sign::CertifiedKey;
 
 use crate::access::Access;
-use crate::config::{Audience, Dyno};
+use crate::config::Audience;
 
 /// What trusted askers get for unlisted names under an app domain (the config's word for it).
 pub use crate::config::Policy;
@@ -43,7 +43,7 @@ pub struct Snapshot {
     pub access: Access,
     /// App names and exact custom domains, keyed by their lower-case wire form ([`wire`]) so
     /// that a query's name is looked up as it arrives, with a fast seeded hash.
-    hosts: HashMap<Box<[u8]>, AppRef, foldhash::fast::RandomState>,
+    hosts: Hosts,
     /// Wildcard custom domains, keyed by the name below which they answer (`*.x` under `x`).
     wildcards: HashMap<Name, AppRef>,
     /// Empty non-terminals made by custom domains (`b.example` for `a.b.example`), with the
@@ -92,28 +92,107 @@ pub struct SpaceView {
     /// Where [`Policy::Forward`] relays to.
     pub upstreams: Vec<SocketAddr>,
     hostmaster: Name,
-    /// The apps by name, for service discovery.
-    by_name: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
+    /// Every dyno of every app, an app's in one run with its web dynos first.
+    pub dynos: Vec<Endpoint>,
+    /// The process types of the dynos, `web` first: [`Endpoint`] holds an index.
+    processes: Vec<Box<str>>,
 }
 
-/// An app, compiled.
+impl SpaceView {
+    /// Every dyno of `app`, its web dynos first.
+    pub fn dynos(&self, app: &AppView) -> &[Endpoint] {
+        let (start, end) = (app.dynos.0 as usize, app.dynos.2 as usize);
+        self.dynos.get(start..end).unwrap_or(&[])
+    }
+
+    /// The web dynos of `app`, which the router forwards to.
+    pub fn web(&self, app: &AppView) -> &[Endpoint] {
+        let (start, end) = (app.dynos.0 as usize, app.dynos.1 as usize);
+        self.dynos.get(start..end).unwrap_or(&[])
+    }
+
+    /// The process type of a dyno, e.g. `web`.
+    pub fn process(&self, dyno: &Endpoint) -> &str {
+        self.processes
+            .get(usize::from(dyno.process))
+            .map_or("", |p| p)
+    }
+}
+
+/// An app, compiled. Its dynos are a run of its space's [`SpaceView::dynos`], so that a million
+/// apps cost no allocation each beyond their name.
 #[derive(Debug)]
 pub struct AppView {
     /// Its name.
-    pub name: String,
+    pub name: Box<str>,
     /// `true` for an internal app.
     pub internal: bool,
     /// Bitmask of the peers allowed to see it; `None` for every peer.
     pub allow: Option<u64>,
-    /// The `web` dynos, which the router forwards to.
-    pub web: Vec<Dyno>,
-    /// The other dynos (workers), which only service discovery names.
-    pub others: Vec<Dyno>,
-    /// Where the router's round robin over `web` stands. The one mutable field of a snapshot:
-    /// a counter, not answer data.
-    pub next: AtomicUsize,
+    /// Its run of the space's dynos: (start, end of the web dynos, end).
+    dynos: (u32, u32, u32),
     /// The certificate for the app's custom domains.
     pub tls: Option<Arc<CertifiedKey>>,
+}
+
+/// A dyno, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Private address.
+    pub ip: IpAddr,
+    /// Port, if it listens.
+    pub port: Option<u16>,
+    /// Its number within its process type.
+    pub index: u32,
+    /// Its process type, an index into the space's process names.
+    process: u16,
+}
+
+/// App names and exact custom domains by lower-case wire name: the names one after another in
+/// one buffer and a table of (offset, app), instead of an allocation per name.
+#[derive(Debug, Default)]
+pub struct Hosts {
+    names: Vec<u8>,
+    table: hashbrown::HashTable<(u32, AppRef)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Hosts {
+    /// The wire name at `offset` of the buffer.
+    fn name_at(names: &[u8], offset: u32) -> &[u8] {
+        let start = offset as usize;
+        let mut end = start;
+        while let Some(&len) = names.get(end) {
+            end += usize::from(len) + 1;
+            if len == 0 {
+                break;
+            }
+        }
+        names.get(start..end).unwrap_or(&[])
+    }
+
+    fn get(&self, key: &[u8]) -> Option<AppRef> {
+        let hash = self.hasher.hash_one(key);
+        let found = (self.table).find(hash, |&(at, _)| Self::name_at(&self.names, at) == key);
+        found.map(|&(_, app)| app)
+    }
+
+    /// Sets the app of `key`, a lower-case wire name.
+    fn insert(&mut self, key: &[u8], app: AppRef) {
+        let hash = self.hasher.hash_one(key);
+        let names = &self.names;
+        match (self.table).find_mut(hash, |&(at, _)| Self::name_at(names, at) == key) {
+            Some(entry) => entry.1 = app,
+            None => {
+                let at = self.names.len() as u32;
+                self.names.extend_from_slice(key);
+                let (names, hasher) = (&self.names, &self.hasher);
+                (self.table).insert_unique(hash, (at, app), |&(at, _)| {
+                    hasher.hash_one(Self::name_at(names, at))
+                });
+            }
+        }
+    }
 }
 
 /// A reference to an app: (space index, app index).
@@ -188,7 +267,7 @@ pub struct ZoneView<'s> {
 impl Snapshot {
     /// The app whose name or exact custom domain is `key`, a lower-case wire-format name.
     pub fn exact_host(&self, key: &[u8]) -> Option<AppRef> {
-        self.hosts.get(key).copied()
+        self.hosts.get(key)
     }
 
     /// Whether an asker that no space trusts may get anything but REFUSED at `key` (a
@@ -300,8 +379,8 @@ impl Snapshot {
     /// The dyno addresses of the lower-case service discovery name `qname` in `space`:
     /// `<app>.app.localspace.` exists with none, `<process>.<app>.…` has every dyno of that
     /// process, `<n>.<process>.<app>.…` the one dyno; `None` for a name that does not exist.
-    pub fn discovery(&self, space: usize, qname: &Name) -> Option<Vec<IpAddr>> {
-        let space = self.spaces.get(space)?;
+    pub fn discovery(&self, index: usize, qname: &Name) -> Option<Vec<IpAddr>> {
+        let space = self.spaces.get(index)?;
         if !self.localspace.zone_of(qname) {
             return None;
         }
@@ -309,21 +388,24 @@ impl Snapshot {
         let below = labels
             .len()
             .checked_sub(self.localspace.num_labels() as usize)?;
-        let app_name = std::str::from_utf8(labels.get(below.checked_sub(1)?)?).ok()?;
-        let app = space.apps.get(*space.by_name.get(app_name)?)?;
-        let mut dynos = app.web.iter().chain(&app.others);
+        // The app is found by its host name, `<app>.<the space's app domain>`.
+        let app_name = labels.get(below.checked_sub(1)?)?;
+        let mut host = Vec::with_capacity(app_name.len() + 1 + space.domain.len() + 2);
+        host.push(app_name.len() as u8);
+        host.extend_from_slice(app_name);
+        host.extend_from_slice(&wire(&space.domain));
+        let app = self.exact_host(&host).filter(|a| a.space == index)?;
+        let dynos = space.dynos(self.app(app)).iter();
+        let process = |d: &&Endpoint| space.process(d).as_bytes() == labels[below - 2];
         match below {
             1 => Some(Vec::new()),
             2 => {
-                let ips: Vec<IpAddr> = (dynos.filter(|d| d.process.as_bytes() == labels[0]))
-                    .map(|d| d.ip)
-                    .collect();
+                let ips: Vec<IpAddr> = dynos.filter(process).map(|d| d.ip).collect();
                 (!ips.is_empty()).then_some(ips)
             }
             3 => dynos
-                .find(|d| {
-                    d.process.as_bytes() == labels[1] && d.index.to_string().as_bytes() == labels[0]
-                })
+                .filter(process)
+                .find(|d| d.index.to_string().as_bytes() == labels[0])
                 .map(|d| vec![d.ip]),
             _ => None,
         }
