@@ -10,12 +10,13 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write as _};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use foldhash::quality::FixedState;
 use hickory_proto::rr::Name;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -89,6 +90,9 @@ impl Reloader {
         for w in &snapshot.warnings {
             warn!("{w}");
         }
+        let summary = config.summary();
+        let files = config.files();
+        drop(config);
         let metrics = Arc::new(Metrics::new());
         metrics.reloaded(1, serials.last);
         Ok(Reloader {
@@ -96,8 +100,8 @@ impl Reloader {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             state: Mutex::new(State {
-                summary: config.summary(),
-                files: config.files(),
+                summary,
+                files,
                 prints,
                 serials,
                 generation: 1,
@@ -358,28 +362,44 @@ impl ZoneId {
 }
 
 /// Fingerprints of a config's parts, computed once per generation: what a reload compares to
-/// decide serials and to log what changed.
+/// decide serials and to log what changed. Kept small: at a million apps, one hash per app.
 #[derive(Debug, Clone, Default)]
 struct Prints {
     /// Each zone's data.
     zones: HashMap<ZoneId, u64>,
-    /// Each space, zones included.
-    spaces: HashMap<String, u64>,
-    /// Each app, as `space/app`.
-    apps: HashMap<String, u64>,
-    /// Every name served: app names, custom domains, zone-file owners.
+    /// Each space.
+    spaces: HashMap<String, SpacePrints>,
+}
+
+/// One space's fingerprints.
+#[derive(Debug, Clone, Default)]
+struct SpacePrints {
+    /// The whole space, zones included.
+    print: u64,
+    /// Its app domain, which with the app names gives the app host names.
+    domain: String,
+    /// Each app by name.
+    apps: HashMap<Box<str>, u64, FixedState>,
+    /// The other names it serves: custom domains and zone-file owners.
     names: HashSet<String>,
+}
+
+impl SpacePrints {
+    /// Every name served: app host names and the other names.
+    fn names(&self) -> HashSet<String> {
+        let hosts = self.apps.keys().map(|a| format!("{a}.{}", self.domain));
+        hosts.chain(self.names.iter().cloned()).collect()
+    }
 }
 
 impl Prints {
     fn of(config: &Config) -> Prints {
         let mut p = Prints::default();
         for s in &config.spaces {
-            let apps: Vec<u64> = s.apps.iter().map(fingerprint).collect();
-            for (a, print) in s.apps.iter().zip(&apps) {
-                p.apps.insert(format!("{}/{}", s.name, a.name), *print);
-                p.names.insert(format!("{}.{}", a.name, s.domain));
-                p.names.extend(a.domains.iter().map(|d| d.to_string()));
+            let apps: Vec<u64> = s.apps.iter().map(hash).collect();
+            let mut names = HashSet::new();
+            for a in &s.apps {
+                names.extend(a.domains.iter().map(|d| d.to_string()));
             }
             let synthesized = fingerprint(&(
                 &s.domain,
@@ -390,8 +410,7 @@ impl Prints {
                 s.ttl,
                 &s.nameservers,
                 (s.unlisted, &s.upstreams),
-                &apps,
-            ));
+            )) ^ hash(&apps);
             // What public askers see: standard apps and their domains, `router.public`, the
             // public identity. An internal deploy does not move this serial.
             let public = fingerprint(&(
@@ -400,11 +419,12 @@ impl Prints {
                 s.ttl,
                 &s.public_nameservers,
                 &s.public_hostmaster,
-                (s.apps.iter())
+            )) ^ hash(
+                &(s.apps.iter())
                     .filter(|a| !a.internal_routing)
                     .map(|a| (&a.name, &a.domains))
                     .collect::<Vec<_>>(),
-            ));
+            );
             let mut space = vec![synthesized, public];
             p.zones.insert(ZoneId::Space(s.name.clone()), synthesized);
             p.zones.insert(ZoneId::Public(s.name.clone()), public);
@@ -415,9 +435,17 @@ impl Prints {
                     ZoneId::File(s.name.clone(), z.apex.clone(), z.audience),
                     print,
                 );
-                p.names.extend(z.records.keys().map(|k| k.name.to_string()));
+                names.extend(z.records.keys().map(|k| k.name.to_string()));
             }
-            p.spaces.insert(s.name.clone(), fingerprint(&space));
+            let prints = SpacePrints {
+                print: hash(&space),
+                domain: s.domain.to_string(),
+                apps: (s.apps.iter().zip(apps))
+                    .map(|(a, print)| (a.name.as_str().into(), print))
+                    .collect(),
+                names,
+            };
+            p.spaces.insert(s.name.clone(), prints);
         }
         p
     }
@@ -458,6 +486,11 @@ impl Serials {
     }
 }
 
+/// A hash of a value that is `Hash` (apps, a million of them): stable within the process.
+fn hash(value: &impl Hash) -> u64 {
+    FixedState::default().hash_one(value)
+}
+
 /// A hash of a value's `Debug` form: config types hold hickory records, which are not `Hash`.
 fn fingerprint(value: &impl fmt::Debug) -> u64 {
     struct HashWriter(DefaultHasher);
@@ -495,24 +528,11 @@ pub struct Delta {
 }
 
 impl Delta {
-    fn between<V: PartialEq>(old: &HashMap<String, V>, new: &HashMap<String, V>) -> Delta {
-        let mut d = Delta::default();
-        for (k, v) in new {
-            match old.get(k) {
-                None => d.added.push(k.clone()),
-                Some(o) if o != v => d.changed.push(k.clone()),
-                Some(_) => {}
-            }
-        }
-        d.removed = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .cloned()
-            .collect();
-        d.added.sort();
-        d.removed.sort();
-        d.changed.sort();
-        d
+    fn sort(mut self) -> Delta {
+        self.added.sort();
+        self.removed.sort();
+        self.changed.sort();
+        self
     }
 
     fn is_empty(&self) -> bool {
@@ -521,18 +541,41 @@ impl Delta {
 }
 
 impl Changes {
+    /// What differs between two generations; spaces whose print did not move are not looked
+    /// into, so a reload that touched one space of a million apps compares only that one.
     fn between(old: &Prints, new: &Prints) -> Changes {
-        let mut names = Delta {
-            added: new.names.difference(&old.names).cloned().collect(),
-            removed: old.names.difference(&new.names).cloned().collect(),
-            changed: Vec::new(),
-        };
-        names.added.sort();
-        names.removed.sort();
+        let empty = SpacePrints::default();
+        let mut c = Changes::default();
+        let spaces =
+            (new.spaces.keys()).chain(old.spaces.keys().filter(|s| !new.spaces.contains_key(*s)));
+        for name in spaces {
+            let (before, after) = (old.spaces.get(name), new.spaces.get(name));
+            match (before, after) {
+                (Some(b), Some(a)) if b.print == a.print => continue,
+                (Some(_), Some(_)) => c.spaces.changed.push(name.clone()),
+                (None, _) => c.spaces.added.push(name.clone()),
+                (_, None) => c.spaces.removed.push(name.clone()),
+            }
+            let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+            for (app, print) in &after.apps {
+                match before.apps.get(app) {
+                    None => c.apps.added.push(format!("{name}/{app}")),
+                    Some(p) if p != print => c.apps.changed.push(format!("{name}/{app}")),
+                    Some(_) => {}
+                }
+            }
+            let gone = before.apps.keys().filter(|a| !after.apps.contains_key(*a));
+            c.apps
+                .removed
+                .extend(gone.map(|app| format!("{name}/{app}")));
+            let (before, after) = (before.names(), after.names());
+            c.names.added.extend(after.difference(&before).cloned());
+            c.names.removed.extend(before.difference(&after).cloned());
+        }
         Changes {
-            spaces: Delta::between(&old.spaces, &new.spaces),
-            apps: Delta::between(&old.apps, &new.apps),
-            names,
+            spaces: c.spaces.sort(),
+            apps: c.apps.sort(),
+            names: c.names.sort(),
         }
     }
 }

@@ -155,7 +155,7 @@ pub struct Space {
 }
 
 /// A checked peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct Peer {
     /// The peer's name.
     pub name: String,
@@ -164,7 +164,7 @@ pub struct Peer {
 }
 
 /// A checked name server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct Nameserver {
     /// Host name, lower-case and fully qualified.
     pub name: Name,
@@ -186,7 +186,7 @@ pub struct Zone {
 }
 
 /// A checked app.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct App {
     /// The app's name.
     pub name: String,
@@ -203,7 +203,7 @@ pub struct App {
 }
 
 /// A certificate pair, read from its files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct Tls {
     /// Certificate path.
     pub cert: PathBuf,
@@ -216,7 +216,7 @@ pub struct Tls {
 }
 
 /// A checked dyno.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct Dyno {
     /// Process type, e.g. `web`.
     pub process: String,
