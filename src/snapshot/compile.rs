@@ -15,7 +15,7 @@ use super::{
     Apex, AppRef, AppView, Endpoint, LOCALSPACE, Rrset, Snapshot, SpaceView, ZoneData, wire,
 };
 use crate::access::{Access, Member};
-use crate::config::{Audience, Config};
+use crate::config::{Audience, Config, Space};
 
 /// A zone whose SOA serial the caller chooses when compiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +38,108 @@ pub enum ZoneKey<'a> {
 /// Builds the snapshot of `config`; `serial` gives the SOA serial of each zone (a zone file's
 /// own serial is replaced, as Knot's `serial-policy: unixtime` does).
 pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
+    let spaces = (config.spaces.iter())
+        .map(|space| Arc::new(compile_space(space, &serial)))
+        .collect();
+    assemble(spaces)
+}
+
+/// Compiles one space on its own: what the reloader keeps per space file and reuses while the
+/// file does not change. [`assemble`] builds the indexes that need every space.
+pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceView {
+    let mut warnings = Vec::new();
+    let zones: Vec<ZoneData> = (space.zones.iter())
+        .map(|zone| {
+            let key = ZoneKey::File {
+                space: &space.name,
+                apex: &zone.apex,
+                audience: zone.audience,
+            };
+            compile_zone(zone, serial(key))
+        })
+        .collect();
+    let mut apps = Vec::with_capacity(space.apps.len());
+    let mut dynos = Vec::new();
+    let mut processes: Vec<Box<str>> = vec!["web".into()];
+    for app in &space.apps {
+        let tls =
+            app.tls
+                .as_ref()
+                .and_then(|tls| match certified_key(&tls.cert_pem, &tls.key_pem) {
+                    Ok(key) => Some(Arc::new(key)),
+                    Err(e) => {
+                        let cert = tls.cert.display();
+                        let app = &app.name;
+                        warnings.push(format!(
+                            "{cert}: app {app} gets the default certificate: {e}"
+                        ));
+                        None
+                    }
+                });
+        let start = dynos.len() as u32;
+        let web = (app.dynos.iter()).filter(|d| d.process == "web");
+        let others = (app.dynos.iter()).filter(|d| d.process != "web");
+        for dyno in web.chain(others) {
+            let process = match processes.iter().position(|p| **p == *dyno.process) {
+                Some(p) => p,
+                None => {
+                    processes.push(dyno.process.as_str().into());
+                    processes.len() - 1
+                }
+            };
+            dynos.push(Endpoint {
+                ip: dyno.ip,
+                port: dyno.port,
+                index: dyno.index,
+                process: process as u16,
+            });
+        }
+        let web = start + app.dynos.iter().filter(|d| d.process == "web").count() as u32;
+        apps.push(AppView {
+            name: app.name.as_str().into(),
+            tls,
+            internal: app.internal_routing,
+            allow: app
+                .allow
+                .as_ref()
+                .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
+            domains: app.domains.clone().into(),
+            dynos: (start, web, dynos.len() as u32),
+        });
+    }
+    let hostmaster = Name::from_ascii(format!("hostmaster.{}.spaceroute.internal.", space.name))
+        .unwrap_or_else(|_| Name::root());
+    SpaceView {
+        name: space.name.clone(),
+        domain: space.domain.clone(),
+        network: space.network,
+        peers: space.peers.iter().map(|p| p.cidrs.clone()).collect(),
+        router_private: space.router_private.clone(),
+        router_public: space.router_public.clone(),
+        ttl: space.ttl,
+        serial: serial(ZoneKey::Space(&space.name)),
+        public_serial: serial(ZoneKey::Public(&space.name)),
+        apps,
+        zones,
+        nameservers: (space.nameservers.iter())
+            .map(|n| (n.name.clone(), n.ip))
+            .collect(),
+        public_nameservers: (space.public_nameservers.iter())
+            .map(|n| (n.name.clone(), n.ip))
+            .collect(),
+        public_hostmaster: space.public_hostmaster.clone(),
+        unlisted: space.unlisted,
+        upstreams: space.upstreams.clone(),
+        hostmaster,
+        dynos,
+        processes,
+        warnings,
+    }
+}
+
+/// The snapshot of compiled spaces, sorted by name: the access table and the name indexes,
+/// which need every space. Linear in the apps, and cheap beside compiling them.
+pub fn assemble(spaces: Vec<Arc<SpaceView>>) -> Snapshot {
     let mut snapshot = Snapshot {
         localspace: name(LOCALSPACE),
         ..Snapshot::default()
@@ -45,35 +147,22 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
     let mut access = Vec::new();
     // Every custom domain (wildcards with their `*`), for the empty non-terminals above them.
     let mut custom: Vec<(Name, AppRef)> = Vec::new();
-    for (s, space) in config.spaces.iter().enumerate() {
+    let mut host = Vec::new();
+    for (s, space) in spaces.iter().enumerate() {
+        snapshot.warnings.extend(space.warnings.iter().cloned());
         access.push((space.network, s, Member::Network));
-        for (p, peer) in space.peers.iter().enumerate() {
-            access.extend(peer.cidrs.iter().map(|&c| (c, s, Member::Peer(p))));
+        for (p, cidrs) in space.peers.iter().enumerate() {
+            access.extend(cidrs.iter().map(|&c| (c, s, Member::Peer(p))));
         }
         let domain_apexes = snapshot.apexes.entry(space.domain.clone()).or_default();
         if !domain_apexes.contains(&Apex::Domain) {
             domain_apexes.push(Apex::Domain);
         }
-        let zones: Vec<ZoneData> = (space.zones.iter())
-            .map(|zone| {
-                let key = ZoneKey::File {
-                    space: &space.name,
-                    apex: &zone.apex,
-                    audience: zone.audience,
-                };
-                compile_zone(zone, serial(key))
-            })
-            .collect();
-        for (z, zone) in zones.iter().enumerate() {
+        for (z, zone) in space.zones.iter().enumerate() {
             let apexes = snapshot.apexes.entry(zone.apex.clone()).or_default();
             apexes.push(Apex::File { space: s, zone: z });
         }
-
-        let mut apps = Vec::with_capacity(space.apps.len());
-        let mut dynos = Vec::new();
-        let mut processes: Vec<Box<str>> = vec!["web".into()];
         let domain = wire(&space.domain);
-        let mut host = Vec::new();
         for (a, app) in space.apps.iter().enumerate() {
             let app_ref = AppRef { space: s, app: a };
             snapshot
@@ -90,93 +179,25 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
                 // Its own apex, for every audience no zone file of the space covers: a standard
                 // app's domain inside a trusted-only zone file is its own apex to the public.
                 let held = |audience| {
-                    (zones.iter()).any(|z| z.audience == audience && z.apex.zone_of(&base))
+                    (space.zones.iter()).any(|z| z.audience == audience && z.apex.zone_of(&base))
                 };
                 let trusted = !held(Audience::Trusted);
-                if trusted || (!app.internal_routing && !held(Audience::Public)) {
+                if trusted || (!app.internal && !held(Audience::Public)) {
                     snapshot.apexes.entry(base).or_default().push(Apex::Custom {
                         app: app_ref,
                         public: !trusted,
                     });
                 }
             }
-            let tls =
-                app.tls
-                    .as_ref()
-                    .and_then(|tls| match certified_key(&tls.cert_pem, &tls.key_pem) {
-                        Ok(key) => Some(Arc::new(key)),
-                        Err(e) => {
-                            let cert = tls.cert.display();
-                            snapshot.warnings.push(format!(
-                                "{cert}: app {} gets the default certificate: {e}",
-                                app.name
-                            ));
-                            None
-                        }
-                    });
-            let start = dynos.len() as u32;
-            let web = (app.dynos.iter()).filter(|d| d.process == "web");
-            let others = (app.dynos.iter()).filter(|d| d.process != "web");
-            for dyno in web.chain(others) {
-                let process = match processes.iter().position(|p| **p == *dyno.process) {
-                    Some(p) => p,
-                    None => {
-                        processes.push(dyno.process.as_str().into());
-                        processes.len() - 1
-                    }
-                };
-                dynos.push(Endpoint {
-                    ip: dyno.ip,
-                    port: dyno.port,
-                    index: dyno.index,
-                    process: process as u16,
-                });
-            }
-            let web = start + app.dynos.iter().filter(|d| d.process == "web").count() as u32;
-            apps.push(AppView {
-                name: app.name.as_str().into(),
-                tls,
-                internal: app.internal_routing,
-                allow: app
-                    .allow
-                    .as_ref()
-                    .map(|peers| peers.iter().fold(0, |m, p| m | 1 << p)),
-                dynos: (start, web, dynos.len() as u32),
-            });
         }
-        let hostmaster =
-            Name::from_ascii(format!("hostmaster.{}.spaceroute.internal.", space.name))
-                .unwrap_or_else(|_| Name::root());
-        snapshot.spaces.push(SpaceView {
-            name: space.name.clone(),
-            domain: space.domain.clone(),
-            router_private: space.router_private.clone(),
-            router_public: space.router_public.clone(),
-            ttl: space.ttl,
-            serial: serial(ZoneKey::Space(&space.name)),
-            public_serial: serial(ZoneKey::Public(&space.name)),
-            apps,
-            zones,
-            nameservers: (space.nameservers.iter())
-                .map(|n| (n.name.clone(), n.ip))
-                .collect(),
-            public_nameservers: (space.public_nameservers.iter())
-                .map(|n| (n.name.clone(), n.ip))
-                .collect(),
-            public_hostmaster: space.public_hostmaster.clone(),
-            unlisted: space.unlisted,
-            upstreams: space.upstreams.clone(),
-            hostmaster,
-            dynos,
-            processes,
-        });
     }
+    snapshot.spaces = spaces;
     snapshot
         .apexes
         .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
     snapshot.access = Access::new(access);
     snapshot.ents = empty_non_terminals(&snapshot, custom);
-    snapshot.public = public_names(&snapshot, config);
+    snapshot.public = public_names(&snapshot);
     snapshot.apex_keys = (snapshot.apexes.iter())
         .map(|(apex, kinds)| (wire(apex).into(), kinds == &[Apex::Domain]))
         .collect();
@@ -186,7 +207,7 @@ pub fn compile(config: &Config, serial: impl Fn(ZoneKey) -> u32) -> Snapshot {
 /// The names at or below which an asker no space trusts may get an answer: apexes of public
 /// zone files and of standard apps' domains, standard apps' names and wildcard bases. Below no
 /// such name, every such asker gets REFUSED.
-fn public_names(snapshot: &Snapshot, config: &Config) -> HashSet<Box<[u8]>, RandomState> {
+fn public_names(snapshot: &Snapshot) -> HashSet<Box<[u8]>, RandomState> {
     let mut public = HashSet::default();
     for (apex, kinds) in &snapshot.apexes {
         let shown = kinds.iter().any(|kind| match *kind {
@@ -201,9 +222,9 @@ fn public_names(snapshot: &Snapshot, config: &Config) -> HashSet<Box<[u8]>, Rand
         }
     }
     let mut host = Vec::new();
-    for space in &config.spaces {
+    for space in &snapshot.spaces {
         let domain = wire(&space.domain);
-        for app in space.apps.iter().filter(|a| !a.internal_routing) {
+        for app in space.apps.iter().filter(|a| !a.internal) {
             public.insert(app_host(&mut host, &app.name, &domain).into());
             for domain in &app.domains {
                 let base = crate::config::validate::wildcard_base(domain);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use ipnet::IpNet;
 use rustls::sign::CertifiedKey;
 
 use crate::access::Access;
@@ -25,7 +26,7 @@ use crate::config::Audience;
 /// What trusted askers get for unlisted names under an app domain (the config's word for it).
 pub use crate::config::Policy;
 
-pub use compile::{ZoneKey, certified_key, compile};
+pub use compile::{ZoneKey, assemble, certified_key, compile, compile_space};
 pub use policy::Sight;
 
 /// The apex of DNS service discovery: `<process>.<app>.app.localspace.`.
@@ -37,8 +38,9 @@ pub struct Snapshot {
     /// Problems that did not stop the compile (a certificate whose key type rustls cannot use),
     /// for the reloader to log.
     pub warnings: Vec<String>,
-    /// The spaces, sorted by name: a space's index is its rank.
-    pub spaces: Vec<SpaceView>,
+    /// The spaces, sorted by name: a space's index is its rank. Shared with the reloader,
+    /// which keeps each space while its file does not change.
+    pub spaces: Vec<Arc<SpaceView>>,
     /// Which spaces trust a source.
     pub access: Access,
     /// App names and exact custom domains, keyed by their lower-case wire form ([`wire`]) so
@@ -65,6 +67,10 @@ pub struct SpaceView {
     pub name: String,
     /// Its app domain.
     pub domain: Name,
+    /// Its own network.
+    pub network: IpNet,
+    /// The networks of each of its peers.
+    pub peers: Vec<Vec<IpNet>>,
     /// Internal router endpoints.
     pub router_private: Vec<IpAddr>,
     /// Public router endpoints.
@@ -96,6 +102,8 @@ pub struct SpaceView {
     pub dynos: Vec<Endpoint>,
     /// The process types of the dynos, `web` first: [`Endpoint`] holds an index.
     processes: Vec<Box<str>>,
+    /// Problems that did not stop the compile (a certificate whose key type rustls cannot use).
+    pub warnings: Vec<String>,
 }
 
 impl SpaceView {
@@ -129,6 +137,8 @@ pub struct AppView {
     pub internal: bool,
     /// Bitmask of the peers allowed to see it; `None` for every peer.
     pub allow: Option<u64>,
+    /// Its custom domains, lower-case; wildcards keep their `*` label.
+    pub domains: Box<[Name]>,
     /// Its run of the space's dynos: (start, end of the web dynos, end).
     dynos: (u32, u32, u32),
     /// The certificate for the app's custom domains.
