@@ -26,13 +26,75 @@ pub fn validate(sources: Vec<Source>) -> Result<Config, Vec<Diagnostic>> {
             spaces.push((space, source));
         }
     }
-    v.across(&spaces);
+    let claims: Vec<_> = (spaces.iter())
+        .map(|(space, source)| (space.claims(), Some(*source)))
+        .collect();
+    v.across(&claims);
+    drop(claims);
     if !v.diagnostics.is_empty() {
         return Err(v.diagnostics);
     }
     let mut spaces: Vec<Space> = spaces.into_iter().map(|(s, _)| s).collect();
     spaces.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Config { spaces })
+}
+
+/// Checks one space file on its own, as [`validate`] does before the checks across files.
+pub fn check_space(source: &Source) -> Result<Space, Vec<Diagnostic>> {
+    let mut v = Validator::default();
+    v.space(source).ok_or(v.diagnostics)
+}
+
+/// The checks across files of [`validate`], over what each space claims. A space with its
+/// [`Source`] gets diagnostics at its lines; one without (kept from an earlier load) at line 1
+/// of its file. A conflict is reported at the later of the two spaces.
+pub fn check_across(spaces: &[(Claims, Option<&Source>)]) -> Vec<Diagnostic> {
+    let mut v = Validator::default();
+    v.across(spaces);
+    v.diagnostics
+}
+
+/// What one space claims that no other space may: the input of the checks across files, from
+/// a [`Space`] just checked or from what was compiled of it earlier.
+#[derive(Debug)]
+pub struct Claims<'a> {
+    /// The space's name.
+    pub name: &'a str,
+    /// Its space file.
+    pub file: &'a Path,
+    /// Its own network.
+    pub network: IpNet,
+    /// Its app domain.
+    pub domain: &'a Name,
+    /// Its nameserver names, private and public.
+    pub nameservers: Vec<&'a Name>,
+    /// Its apps: name and custom domains.
+    pub apps: Vec<(&'a str, &'a [Name])>,
+    /// Its zone files' records: the file, the owner (lower-case) and the type.
+    pub records: Vec<(&'a Path, Name, RecordType)>,
+}
+
+impl Space {
+    /// What this space claims.
+    pub fn claims(&self) -> Claims<'_> {
+        Claims {
+            name: &self.name,
+            file: &self.file,
+            network: self.network,
+            domain: &self.domain,
+            nameservers: (self.nameservers.iter().chain(&self.public_nameservers))
+                .map(|n| &n.name)
+                .collect(),
+            apps: (self.apps.iter())
+                .map(|a| (a.name.as_str(), a.domains.as_slice()))
+                .collect(),
+            records: (self.zones.iter())
+                .flat_map(|z| {
+                    (z.records.keys()).map(|k| (&*z.file, k.name.to_lowercase(), k.record_type))
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -387,39 +449,35 @@ impl Validator {
 
     /// Checks that hold across files: unique space names, apps per domain and custom domains,
     /// networks that do not overlap, custom domains that no zone file also defines.
-    fn across(&mut self, spaces: &[(Space, &Source)]) {
-        fn here<'a>(s: &'a Source) -> Here<'a> {
-            Here {
-                path: &s.path,
-                positions: &s.positions,
-            }
-        }
+    fn across(&mut self, spaces: &[(Claims, Option<&Source>)]) {
+        let unknown = Positions::default();
         let mut space_names: HashMap<&str, &Path> = HashMap::new();
         // Apps are keyed by (app domain, name); the domain as a small number, as hashing a Name
         // goes byte by byte and a million apps share a few domains.
         let mut domain_ids: HashMap<&Name, usize> = HashMap::new();
         let mut apps: FastMap<(usize, &str), &Path> = FastMap::default();
         let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
-        let app_domains: HashSet<Name> = spaces.iter().map(|(s, _)| s.domain.clone()).collect();
-        let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.zones));
+        let app_domains: HashSet<&Name> = spaces.iter().map(|(s, _)| s.domain).collect();
+        let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.records));
         // Nameserver names answer their addresses in our synthesized zones (RFC 1034 §4.2.2
         // glue made authoritative), so no app may own one.
         let ns_names: HashMap<&Name, &Path> = (spaces.iter())
-            .flat_map(|(s, src)| {
-                (s.nameservers.iter().chain(&s.public_nameservers)).map(|n| (&n.name, &*src.path))
-            })
+            .flat_map(|(s, _)| s.nameservers.iter().map(|&n| (n, s.file)))
             .collect();
         for (i, (space, source)) in spaces.iter().enumerate() {
-            let here = here(source);
+            let here = Here {
+                path: space.file,
+                positions: source.map_or(&unknown, |s| &s.positions),
+            };
             let next_id = domain_ids.len();
-            let domain_id = *domain_ids.entry(&space.domain).or_insert(next_id);
+            let domain_id = *domain_ids.entry(space.domain).or_insert(next_id);
             // The nameserver names one label below this app domain, the names an app could take.
             let ns_labels: Vec<(&[u8], &Path)> = (ns_names.iter())
                 .filter(|(n, _)| n.num_labels() == space.domain.num_labels() + 1)
-                .filter(|(n, _)| n.base_name() == space.domain)
+                .filter(|(n, _)| n.base_name() == *space.domain)
                 .filter_map(|(n, p)| Some((n.iter().next()?, *p)))
                 .collect();
-            if let Some(first) = space_names.insert(&space.name, &source.path) {
+            if let Some(first) = space_names.insert(space.name, space.file) {
                 let msg = format!(
                     "space {:?} is also defined in {}",
                     space.name,
@@ -427,44 +485,43 @@ impl Validator {
                 );
                 self.report(&here, "space", msg);
             }
-            for (other, other_source) in &spaces[..i] {
+            for (other, _) in &spaces[..i] {
                 if nets_overlap(&space.network, &other.network) {
                     let msg = format!(
                         "network {} overlaps space {:?} ({}) in {}",
                         space.network,
                         other.name,
                         other.network,
-                        other_source.path.display()
+                        other.file.display()
                     );
                     self.report(&here, "network", msg);
                 }
             }
-            for (a, app) in space.apps.iter().enumerate() {
+            for (a, &(app_name, domains)) in space.apps.iter().enumerate() {
                 let ns = ns_labels
                     .iter()
-                    .find(|(l, _)| l.eq_ignore_ascii_case(app.name.as_bytes()));
+                    .find(|(l, _)| l.eq_ignore_ascii_case(app_name.as_bytes()));
                 if let Some((_, file)) = ns {
                     let msg = format!(
                         "app {:?} collides with a nameserver name in {}",
-                        app.name,
+                        app_name,
                         file.display()
                     );
                     self.report(&here, &format!("apps[{a}].name"), msg);
                 }
-                let key = (domain_id, app.name.as_str());
-                if let Some(first) = apps.insert(key, &source.path) {
+                if let Some(first) = apps.insert((domain_id, app_name), space.file) {
                     let msg = format!(
                         "app {:?} is already defined for {} in {}",
-                        app.name,
+                        app_name,
                         space.domain.to_ascii(),
                         first.display()
                     );
                     self.report(&here, &format!("apps[{a}].name"), msg);
                 }
-                for (d, domain) in app.domains.iter().enumerate() {
+                for (d, domain) in domains.iter().enumerate() {
                     let at = format!("apps[{a}].domains[{d}]");
                     if let Some((owner, file)) =
-                        hosts.insert(domain.clone(), (&app.name, &source.path))
+                        hosts.insert(domain.clone(), (app_name, space.file))
                     {
                         let msg = format!(
                             "domain {} is already a domain of app {owner:?} in {}",
@@ -482,7 +539,7 @@ impl Validator {
                         self.report(&here, &at, msg);
                     }
                     if let Some(app_domain) =
-                        ancestors(&wildcard_base(domain)).find(|n| app_domains.contains(n))
+                        ancestors(&wildcard_base(domain)).find(|n| app_domains.contains(&n))
                     {
                         let msg = format!(
                             "domain {} is inside the app domain {}",
@@ -600,26 +657,17 @@ struct ZoneNames<'a> {
 }
 
 impl<'a> ZoneNames<'a> {
-    fn new(zones: impl Iterator<Item = &'a Zone>) -> ZoneNames<'a> {
+    fn new(records: impl Iterator<Item = &'a (&'a Path, Name, RecordType)>) -> ZoneNames<'a> {
         let mut names = ZoneNames {
             data: HashMap::new(),
             parents: HashMap::new(),
         };
-        for zone in zones {
-            for key in zone.records.keys() {
-                let name = key.name.to_lowercase();
-                if matches!(
-                    key.record_type,
-                    RecordType::A | RecordType::AAAA | RecordType::CNAME
-                ) {
-                    names.data.entry(name.clone()).or_insert(&zone.file);
-                }
-                for parent in ancestors(&name.base_name()) {
-                    names
-                        .parents
-                        .entry(parent)
-                        .or_insert((name.clone(), &zone.file));
-                }
+        for (file, name, rtype) in records {
+            if matches!(rtype, RecordType::A | RecordType::AAAA | RecordType::CNAME) {
+                names.data.entry(name.clone()).or_insert(file);
+            }
+            for parent in ancestors(&name.base_name()) {
+                names.parents.entry(parent).or_insert((name.clone(), file));
             }
         }
         names

@@ -308,6 +308,7 @@ fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
         });
     }
     ZoneData {
+        file: zone.file.clone(),
         apex: zone.apex.clone(),
         audience: zone.audience,
         nodes,

@@ -13,6 +13,7 @@ pub mod policy;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
@@ -22,6 +23,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::access::Access;
 use crate::config::Audience;
+use crate::config::validate::Claims;
 
 /// What trusted askers get for unlisted names under an app domain (the config's word for it).
 pub use crate::config::Policy;
@@ -107,6 +109,30 @@ pub struct SpaceView {
 }
 
 impl SpaceView {
+    /// What this space claims that no other may, for the checks across files when the
+    /// reloader keeps it from an earlier load; `file` is its space file.
+    pub fn claims<'a>(&'a self, file: &'a Path) -> Claims<'a> {
+        Claims {
+            name: &self.name,
+            file,
+            network: self.network,
+            domain: &self.domain,
+            nameservers: (self.nameservers.iter().chain(&self.public_nameservers))
+                .map(|(n, _)| n)
+                .collect(),
+            apps: (self.apps.iter())
+                .map(|a| (&*a.name, &*a.domains))
+                .collect(),
+            records: (self.zones.iter())
+                .flat_map(|z| {
+                    (z.nodes.iter()).flat_map(move |(owner, rrsets)| {
+                        (rrsets.iter()).map(move |r| (&*z.file, owner.clone(), r.rtype))
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// Every dyno of `app`, its web dynos first.
     pub fn dynos(&self, app: &AppView) -> &[Endpoint] {
         let (start, end) = (app.dynos.0 as usize, app.dynos.2 as usize);
@@ -217,6 +243,8 @@ pub struct AppRef {
 /// A zone file's data, compiled into nodes.
 #[derive(Debug)]
 pub struct ZoneData {
+    /// The zone file.
+    pub file: PathBuf,
     /// The apex.
     pub apex: Name,
     /// Who sees it.
