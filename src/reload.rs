@@ -1,10 +1,14 @@
 //! Hot reload: watch the zones directory, rebuild the snapshot off the query path, swap it in
 //! only when the whole directory is valid.
 //!
-//! The reloader is the only writer of the `ArcSwap<Snapshot>`. A reload loads, validates and
-//! compiles everything into a new [`Snapshot`] (on a blocking thread), then swaps it in with
-//! one store: queries that already loaded the old snapshot finish on it, and no query ever sees
-//! half of an edit. A failed reload logs every diagnostic and keeps the last good snapshot.
+//! The reloader is the only writer of the `ArcSwap<Snapshot>`. A reload builds a new
+//! [`Snapshot`] (on a blocking thread), then swaps it in with one store: queries that already
+//! loaded the old snapshot finish on it, and no query ever sees half of an edit. A failed
+//! reload logs every diagnostic and keeps the last good snapshot.
+//! Each space file is kept compiled, keyed by a hash of its text and of every file it names: a
+//! reload reads, checks and compiles only the files that changed, runs the checks across files
+//! over every space, and assembles the shared indexes (an edit to one file of a million-app
+//! tree is served in well under a second).
 //! File events and SIGHUP go through one channel; a burst of events is one reload, and events
 //! that arrive during a reload cause one more.
 
@@ -23,9 +27,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{self, Audience, Config, Diagnostic};
+#[cfg(test)]
+use crate::config::Config;
+use crate::config::load;
+use crate::config::validate;
+use crate::config::{self, Audience, Diagnostic};
 use crate::metrics::Metrics;
-use crate::snapshot::{self, Snapshot, ZoneKey};
+use crate::snapshot::{self, Snapshot, SpaceView, ZoneKey};
 
 /// Why a reload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +52,9 @@ pub enum Reloaded {
         /// The new generation number.
         generation: u64,
         /// What changed, for the log.
-        changes: Changes,
+        changes: Box<Changes>,
+        /// Space files that had not changed, reused as compiled.
+        reused: usize,
     },
     /// The files have problems; the last good snapshot keeps serving.
     Rejected(Vec<Diagnostic>),
@@ -58,16 +68,40 @@ pub struct Reloader {
     state: Mutex<State>,
 }
 
+#[derive(Default)]
 struct State {
-    /// What the serving config holds, for the log ([`Config::summary`]).
-    summary: String,
-    /// The zone and certificate files it was read from, whose directories are watched. The
-    /// config itself is not kept: at a million apps it is as large as the snapshot.
-    files: Vec<PathBuf>,
+    /// Each space file as last loaded, by path.
+    kept: HashMap<PathBuf, Kept>,
     prints: Prints,
     serials: Serials,
     generation: u64,
     failures: u64,
+}
+
+/// A space file as last loaded, reused as compiled while neither it nor a file it names
+/// changes. The config itself is not kept: at a million apps it is larger than the snapshot.
+#[derive(Clone)]
+struct Kept {
+    /// [`load::content_hash`] of the space file.
+    hash: u64,
+    /// The files it names, with their hashes ([`load::Source::named`]).
+    named: Vec<(PathBuf, Option<u64>)>,
+    /// What it compiled to, shared with the snapshot.
+    view: Arc<SpaceView>,
+    /// Apps and names it serves, for the summary.
+    counts: (usize, usize),
+}
+
+/// The result of loading a directory against what was kept from the last load.
+struct Built {
+    snapshot: Snapshot,
+    kept: HashMap<PathBuf, Kept>,
+    prints: Prints,
+    serials: Serials,
+    /// Space files reused as compiled.
+    reused: usize,
+    /// Time spent reading and parsing, checking, and compiling.
+    times: [Duration; 3],
 }
 
 /// The reloader's counters, for logs, tests and (later) metrics.
@@ -82,17 +116,17 @@ pub struct Status {
 impl Reloader {
     /// Loads `dir` for the first time; a failure here is fatal to the caller.
     pub fn load(dir: &Path) -> Result<Reloader, Vec<Diagnostic>> {
-        let config = config::load_dir(dir)?;
-        let prints = Prints::of(&config);
-        let mut serials = Serials::default();
-        serials.assign(&Prints::default(), &prints, unix_now());
-        let snapshot = snapshot::compile(&config, |key| serials.get(key));
+        let built = build(dir, &State::default())?;
+        let Built {
+            snapshot,
+            kept,
+            prints,
+            serials,
+            ..
+        } = built;
         for w in &snapshot.warnings {
             warn!("{w}");
         }
-        let summary = config.summary();
-        let files = config.files();
-        drop(config);
         let metrics = Arc::new(Metrics::new());
         metrics.reloaded(1, serials.last);
         Ok(Reloader {
@@ -100,8 +134,7 @@ impl Reloader {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             state: Mutex::new(State {
-                summary,
-                files,
+                kept,
                 prints,
                 serials,
                 generation: 1,
@@ -122,7 +155,10 @@ impl Reloader {
 
     /// What the config now serving holds: "2 spaces, 5 apps, 9 names".
     pub fn summary(&self) -> String {
-        self.lock().summary.clone()
+        let state = self.lock();
+        let (apps, names) =
+            (state.kept.values()).fold((0, 0), |(a, n), k| (a + k.counts.0, n + k.counts.1));
+        format!("{} spaces, {apps} apps, {names} names", state.kept.len())
     }
 
     /// The counters.
@@ -140,56 +176,43 @@ impl Reloader {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads, validates and compiles the directory and swaps the result in; blocking.
-    /// Concurrent calls run one after another.
+    /// Loads, validates and compiles what changed in the directory and swaps the result in;
+    /// blocking. Concurrent calls run one after another.
     pub fn reload(&self) -> Reloaded {
         let mut state = self.lock();
-        let started = Instant::now();
-        let (sources, mut diagnostics) = config::load::load_sources(&self.dir);
-        let loaded = started.elapsed();
-        let config = match config::validate::validate(sources) {
-            Ok(config) if diagnostics.is_empty() => config,
-            Ok(_) => return self.reject(&mut state, diagnostics),
-            Err(more) => {
-                diagnostics.extend(more);
-                return self.reject(&mut state, diagnostics);
-            }
+        let built = match build(&self.dir, &state) {
+            Ok(built) => built,
+            Err(diagnostics) => return self.reject(&mut state, diagnostics),
         };
-        let validated = started.elapsed() - loaded;
-        let prints = Prints::of(&config);
-        let mut serials = state.serials.clone();
-        serials.assign(&state.prints, &prints, unix_now());
-        let snapshot = snapshot::compile(&config, |key| serials.get(key));
-        for w in &snapshot.warnings {
+        for w in &built.snapshot.warnings {
             warn!("{w}");
         }
-        let (summary, files) = (config.summary(), config.files());
-        drop(config);
-        let compiled = started.elapsed() - loaded - validated;
         let swap = Instant::now();
-        let old = self.snapshot.swap(Arc::new(snapshot));
+        let old = self.snapshot.swap(Arc::new(built.snapshot));
         let swapped = swap.elapsed();
         drop_here(old);
 
-        let changes = Changes::between(&state.prints, &prints);
-        state.summary = summary;
-        state.files = files;
-        state.prints = prints;
-        state.serials = serials;
+        let changes = Changes::between(&state.prints, &built.prints);
+        state.kept = built.kept;
+        state.prints = built.prints;
+        state.serials = built.serials;
         state.generation += 1;
         self.metrics.reloaded(state.generation, state.serials.last);
+        let [loaded, validated, compiled] = built.times;
         info!(
             generation = state.generation,
             load_ms = ms(loaded),
             validate_ms = ms(validated),
             compile_ms = ms(compiled),
             swap_us = swapped.as_micros() as u64,
+            reused = built.reused,
             serial = state.serials.last,
             "reloaded: {changes}"
         );
         Reloaded::Swapped {
             generation: state.generation,
-            changes,
+            changes: Box::new(changes),
+            reused: built.reused,
         }
     }
 
@@ -216,7 +239,9 @@ impl Reloader {
         let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let dir = real(&self.dir);
         let mut paths = BTreeSet::from([dir.clone()]);
-        for file in &self.lock().files {
+        let state = self.lock();
+        let files = (state.kept.values()).flat_map(|k| k.named.iter().map(|(path, _)| path));
+        for file in files {
             if let Some(parent) = file.parent().map(real)
                 && !parent.starts_with(&dir)
             {
@@ -225,6 +250,86 @@ impl Reloader {
         }
         paths
     }
+}
+
+/// Loads `dir` against what `old` kept: a space file that has not changed, nor any file it
+/// names, is reused as compiled; the others are read, checked and compiled. The checks across
+/// files run over every space, and report a conflict at a changed file (it comes later).
+fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
+    let started = Instant::now();
+    let paths = load::space_paths(dir).map_err(|d| vec![d])?;
+    let unchanged = |path: &PathBuf, kept: &Kept| {
+        load::file_hash(path) == Some(kept.hash)
+            && (kept.named.iter()).all(|(named, hash)| load::file_hash(named) == *hash)
+    };
+    let (mut reused, mut changed) = (Vec::new(), Vec::new());
+    for path in paths {
+        match old.kept.get(&path) {
+            Some(kept) if unchanged(&path, kept) => reused.push((path, kept.clone())),
+            _ => changed.push(path),
+        }
+    }
+    let (sources, mut diagnostics) = load::load_paths(&changed);
+    let loaded = started.elapsed();
+
+    let mut spaces = Vec::new();
+    for source in &sources {
+        match validate::check_space(source) {
+            Ok(space) => spaces.push((space, source)),
+            Err(more) => diagnostics.extend(more),
+        }
+    }
+    let claims: Vec<_> = (reused.iter())
+        .map(|(path, kept)| (kept.view.claims(path), None))
+        .chain(
+            spaces
+                .iter()
+                .map(|(space, source)| (space.claims(), Some(*source))),
+        )
+        .collect();
+    diagnostics.extend(validate::check_across(&claims));
+    drop(claims);
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    let validated = started.elapsed() - loaded;
+
+    let mut prints = Prints::default();
+    for (_, kept) in &reused {
+        prints.keep(&old.prints, &kept.view.name);
+    }
+    for (space, _) in &spaces {
+        prints.add(space);
+    }
+    let mut serials = old.serials.clone();
+    serials.assign(&old.prints, &prints, unix_now());
+    let mut kept: HashMap<PathBuf, Kept> = HashMap::new();
+    let fresh = (spaces.into_iter()).map(|(space, source)| {
+        let view = Arc::new(snapshot::compile_space(&space, |key| serials.get(key)));
+        let kept = Kept {
+            hash: source.hash,
+            named: source.named.clone(),
+            view,
+            counts: (space.apps.len(), space.names_served()),
+        };
+        (source.path.clone(), kept)
+    });
+    let fresh: Vec<_> = fresh.collect();
+    let reused_count = reused.len();
+    kept.extend(reused);
+    kept.extend(fresh);
+    let mut views: Vec<Arc<SpaceView>> = kept.values().map(|k| k.view.clone()).collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    let snapshot = snapshot::assemble(views);
+    let compiled = started.elapsed() - loaded - validated;
+    Ok(Built {
+        snapshot,
+        kept,
+        prints,
+        serials,
+        reused: reused_count,
+        times: [loaded, validated, compiled],
+    })
 }
 
 /// Drops the last reference to an old snapshot on this (blocking) thread rather than on a
@@ -348,6 +453,13 @@ enum ZoneId {
 }
 
 impl ZoneId {
+    /// The space whose zone this is.
+    fn space(&self) -> &str {
+        match self {
+            ZoneId::Space(space) | ZoneId::Public(space) | ZoneId::File(space, ..) => space,
+        }
+    }
+
     fn of(key: ZoneKey) -> ZoneId {
         match key {
             ZoneKey::Space(space) => ZoneId::Space(space.to_string()),
@@ -367,8 +479,8 @@ impl ZoneId {
 struct Prints {
     /// Each zone's data.
     zones: HashMap<ZoneId, u64>,
-    /// Each space.
-    spaces: HashMap<String, SpacePrints>,
+    /// Each space, shared with the next generation while it does not change.
+    spaces: HashMap<String, Arc<SpacePrints>>,
 }
 
 /// One space's fingerprints.
@@ -393,61 +505,76 @@ impl SpacePrints {
 }
 
 impl Prints {
+    #[cfg(test)]
     fn of(config: &Config) -> Prints {
         let mut p = Prints::default();
-        for s in &config.spaces {
-            let apps: Vec<u64> = s.apps.iter().map(hash).collect();
-            let mut names = HashSet::new();
-            for a in &s.apps {
-                names.extend(a.domains.iter().map(|d| d.to_string()));
-            }
-            let synthesized = fingerprint(&(
-                &s.domain,
-                &s.network,
-                &s.peers,
-                &s.router_private,
-                &s.router_public,
-                s.ttl,
-                &s.nameservers,
-                (s.unlisted, &s.upstreams),
-            )) ^ hash(&apps);
-            // What public askers see: standard apps and their domains, `router.public`, the
-            // public identity. An internal deploy does not move this serial.
-            let public = fingerprint(&(
-                &s.domain,
-                &s.router_public,
-                s.ttl,
-                &s.public_nameservers,
-                &s.public_hostmaster,
-            )) ^ hash(
-                &(s.apps.iter())
-                    .filter(|a| !a.internal_routing)
-                    .map(|a| (&a.name, &a.domains))
-                    .collect::<Vec<_>>(),
-            );
-            let mut space = vec![synthesized, public];
-            p.zones.insert(ZoneId::Space(s.name.clone()), synthesized);
-            p.zones.insert(ZoneId::Public(s.name.clone()), public);
-            for z in &s.zones {
-                let print = fingerprint(&z.records);
-                space.push(print);
-                p.zones.insert(
-                    ZoneId::File(s.name.clone(), z.apex.clone(), z.audience),
-                    print,
-                );
-                names.extend(z.records.keys().map(|k| k.name.to_string()));
-            }
-            let prints = SpacePrints {
-                print: hash(&space),
-                domain: s.domain.to_string(),
-                apps: (s.apps.iter().zip(apps))
-                    .map(|(a, print)| (a.name.as_str().into(), print))
-                    .collect(),
-                names,
-            };
-            p.spaces.insert(s.name.clone(), prints);
+        for space in &config.spaces {
+            p.add(space);
         }
         p
+    }
+
+    /// Takes the prints of the space `name` from `old`, for a space reused unchanged.
+    fn keep(&mut self, old: &Prints, name: &str) {
+        if let Some(space) = old.spaces.get(name) {
+            self.spaces.insert(name.to_string(), space.clone());
+        }
+        let zones = old.zones.iter().filter(|(id, _)| id.space() == name);
+        self.zones
+            .extend(zones.map(|(id, print)| (id.clone(), *print)));
+    }
+
+    /// Fingerprints `s`.
+    fn add(&mut self, s: &config::Space) {
+        let apps: Vec<u64> = s.apps.iter().map(hash).collect();
+        let mut names = HashSet::new();
+        for a in &s.apps {
+            names.extend(a.domains.iter().map(|d| d.to_string()));
+        }
+        let synthesized = fingerprint(&(
+            &s.domain,
+            &s.network,
+            &s.peers,
+            &s.router_private,
+            &s.router_public,
+            s.ttl,
+            &s.nameservers,
+            (s.unlisted, &s.upstreams),
+        )) ^ hash(&apps);
+        // What public askers see: standard apps and their domains, `router.public`, the
+        // public identity. An internal deploy does not move this serial.
+        let public = fingerprint(&(
+            &s.domain,
+            &s.router_public,
+            s.ttl,
+            &s.public_nameservers,
+            &s.public_hostmaster,
+        )) ^ hash(
+            &(s.apps.iter())
+                .filter(|a| !a.internal_routing)
+                .map(|a| (&a.name, &a.domains))
+                .collect::<Vec<_>>(),
+        );
+        let mut space = vec![synthesized, public];
+        self.zones
+            .insert(ZoneId::Space(s.name.clone()), synthesized);
+        self.zones.insert(ZoneId::Public(s.name.clone()), public);
+        for z in &s.zones {
+            let print = fingerprint(&z.records);
+            space.push(print);
+            let id = ZoneId::File(s.name.clone(), z.apex.clone(), z.audience);
+            self.zones.insert(id, print);
+            names.extend(z.records.keys().map(|k| k.name.to_string()));
+        }
+        let prints = SpacePrints {
+            print: hash(&space),
+            domain: s.domain.to_string(),
+            apps: (s.apps.iter().zip(apps))
+                .map(|(a, print)| (a.name.as_str().into(), print))
+                .collect(),
+            names,
+        };
+        self.spaces.insert(s.name.clone(), Arc::new(prints));
     }
 }
 
@@ -544,7 +671,7 @@ impl Changes {
     /// What differs between two generations; spaces whose print did not move are not looked
     /// into, so a reload that touched one space of a million apps compares only that one.
     fn between(old: &Prints, new: &Prints) -> Changes {
-        let empty = SpacePrints::default();
+        let empty = Arc::new(SpacePrints::default());
         let mut c = Changes::default();
         let spaces =
             (new.spaces.keys()).chain(old.spaces.keys().filter(|s| !new.spaces.contains_key(*s)));

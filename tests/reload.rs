@@ -289,6 +289,98 @@ fn versions(snapshot: &spaceroute::snapshot::Snapshot) -> Vec<String> {
         .collect()
 }
 
+/// The router address that `snapshot` gives app-`i` of [`ten_spaces`].
+fn router_of(snapshot: &spaceroute::snapshot::Snapshot, i: u8) -> String {
+    let q = query(&format!("app-{i}.herokuapp.com."), RecordType::A, None);
+    let from = format!("127.{}.0.5", 40 + i).parse().unwrap();
+    let reply = answer(snapshot, from, Transport::Udp, &q);
+    data(&Message::from_vec(&reply.reply.unwrap()).unwrap()).join(",")
+}
+
+#[test]
+fn issue_8_a_reload_reads_and_compiles_only_the_space_files_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_spaces(dir.path(), 1);
+    let reloader = Reloader::load(dir.path()).unwrap();
+    let before = reloader.snapshot().load_full();
+
+    // One file edited: nine spaces are the very same compiled objects, one is new.
+    let s3 = dir.path().join("s3.yaml");
+    edit(&s3, "127.16.1.3", "127.16.9.3");
+    let Reloaded::Swapped {
+        reused, changes, ..
+    } = reloader.reload()
+    else {
+        panic!("rejected")
+    };
+    assert_eq!(reused, 9);
+    assert_eq!(changes.to_string(), "spaces ~s3");
+    let after = reloader.snapshot().load_full();
+    for i in 0..10 {
+        let same = Arc::ptr_eq(&before.spaces[i], &after.spaces[i]);
+        assert_eq!(same, i != 3, "space s{i}");
+        let want = if i == 3 {
+            "127.16.9.3".to_string()
+        } else {
+            format!("127.16.1.{i}")
+        };
+        assert_eq!(router_of(&after, i as u8), want);
+    }
+    assert_eq!(reloader.summary(), "10 spaces, 10 apps, 10 names");
+
+    // Nothing changed: everything reused, nothing to report.
+    let Reloaded::Swapped {
+        reused, changes, ..
+    } = reloader.reload()
+    else {
+        panic!("rejected")
+    };
+    assert_eq!((reused, changes.to_string().as_str()), (10, "no changes"));
+
+    // An edit that collides with a kept space is reported at the edited file's line, and the
+    // last good snapshot keeps serving.
+    let s5 = dir.path().join("s5.yaml");
+    edit(
+        &s5,
+        "  - name: app-5\n",
+        "  - name: app-5\n  - name: app-2\n",
+    );
+    let Reloaded::Rejected(diagnostics) = reloader.reload() else {
+        panic!("a duplicate app was accepted")
+    };
+    let errors: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+    let want = format!(
+        "{}:6:11: error: app \"app-2\" is already defined",
+        s5.display()
+    );
+    assert!(
+        errors.len() == 1 && errors[0].starts_with(&want),
+        "{errors:#?}"
+    );
+    assert_eq!(router_of(&reloader.snapshot().load(), 5), "127.16.1.5");
+}
+
+#[test]
+fn issue_8_a_changed_zone_file_recompiles_the_space_that_names_it() {
+    let dir = copy_dir(&fixture_dir());
+    let reloader = Reloader::load(dir.path()).unwrap();
+    let zone = dir.path().join("corp.example.com.zone");
+    let text = fs::read_to_string(&zone).unwrap();
+    fs::write(&zone, format!("{text}added 60 IN A 127.16.7.7\n")).unwrap();
+    let Reloaded::Swapped {
+        reused, changes, ..
+    } = reloader.reload()
+    else {
+        panic!("rejected")
+    };
+    // alpha names the zone file; beta is kept.
+    assert_eq!(reused, 1);
+    assert!(
+        changes.names.added == ["added.corp.example.com."],
+        "{changes}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_files_changed_at_once_never_serve_a_mix() {
     let dir = tempfile::tempdir().unwrap();

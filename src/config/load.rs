@@ -33,6 +33,23 @@ pub struct Source {
     pub zones: Vec<Option<ZoneText>>,
     /// Its apps' certificate pairs as (cert PEM, key PEM), in the order of `apps`.
     pub certs: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    /// A hash of the space file's text ([`content_hash`]).
+    pub hash: u64,
+    /// The files it names (zone files, certificates), each with a hash of its bytes, `None`
+    /// where it could not be read: with `hash`, what a reload compares to know the space is
+    /// unchanged.
+    pub named: Vec<(PathBuf, Option<u64>)>,
+}
+
+/// A hash of a file's bytes, to tell whether it changed between two loads of one process.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::default().hash_one(bytes)
+}
+
+/// The [`content_hash`] of the file at `path`, `None` when it cannot be read.
+pub fn file_hash(path: &Path) -> Option<u64> {
+    fs::read(path).ok().map(|bytes| content_hash(&bytes))
 }
 
 /// A parsed zone file.
@@ -49,14 +66,16 @@ pub struct ZoneText {
 /// Reads every `*.yaml` / `*.yml` file in `dir` (not below it), sorted by name, with the zone
 /// files and certificates they name. Returns what could be read and a diagnostic for the rest.
 pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
-    let mut diagnostics = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            diagnostics.push(at(dir, 1, 1, format!("cannot read directory: {e}")));
-            return (Vec::new(), diagnostics);
-        }
-    };
+    match space_paths(dir) {
+        Ok(paths) => load_paths(&paths),
+        Err(d) => (Vec::new(), vec![d]),
+    }
+}
+
+/// The space files of `dir`: every `*.yaml` / `*.yml` file in it (not below it), sorted.
+pub fn space_paths(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| at(dir, 1, 1, format!("cannot read directory: {e}")))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -64,6 +83,13 @@ pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
         })
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// Reads the space files at `paths` with the files they name, in parallel; the sources and
+/// diagnostics come out in the order of `paths`.
+pub fn load_paths(paths: &[PathBuf]) -> (Vec<Source>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
 
     // Space files parse independently: one thread per core, each taking every n-th file, and
     // the results put back in file order so that diagnostics and spaces come out the same.
@@ -72,7 +98,6 @@ pub fn load_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
     let mut loaded: Vec<(usize, LoadedSpace)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let paths = &paths;
                 scope.spawn(move || {
                     (paths.iter().enumerate().skip(t).step_by(threads))
                         .map(|(i, path)| (i, load_space(path)))
@@ -142,6 +167,15 @@ fn space_source(
     let (file, positions) = parse_space(path, text)?;
     let base = path.parent().unwrap_or(Path::new(""));
     let mut diagnostics = Vec::new();
+    let mut named = Vec::new();
+    let mut read = |path: &Path| {
+        let bytes = read(path);
+        named.push((
+            path.to_path_buf(),
+            bytes.as_ref().ok().map(|b| content_hash(b)),
+        ));
+        bytes
+    };
 
     let mut zones = Vec::new();
     for (i, entry) in file.zones.iter().enumerate() {
@@ -193,6 +227,8 @@ fn space_source(
         positions,
         zones,
         certs,
+        hash: content_hash(text.as_bytes()),
+        named,
     };
     Ok((source, diagnostics))
 }

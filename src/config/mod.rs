@@ -90,32 +90,8 @@ impl Config {
     pub fn summary(&self) -> String {
         let spaces = self.spaces.len();
         let apps: usize = self.spaces.iter().map(|s| s.apps.len()).sum();
-        let names: usize = (self.spaces.iter())
-            .map(|s| {
-                let app_names: usize = s.apps.iter().map(|a| 1 + a.domains.len()).sum();
-                let zone_names: usize = (s.zones.iter())
-                    .map(|z| {
-                        let owners: std::collections::HashSet<_> =
-                            z.records.keys().map(|k| &k.name).collect();
-                        owners.len()
-                    })
-                    .sum();
-                app_names + zone_names
-            })
-            .sum();
+        let names: usize = self.spaces.iter().map(Space::names_served).sum();
         format!("{spaces} spaces, {apps} apps, {names} names")
-    }
-
-    /// The zone and certificate files the config was read from, besides the space files.
-    pub fn files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for space in &self.spaces {
-            files.extend(space.zones.iter().map(|z| z.file.clone()));
-            for tls in space.apps.iter().filter_map(|a| a.tls.as_ref()) {
-                files.extend([tls.cert.clone(), tls.key.clone()]);
-            }
-        }
-        files
     }
 }
 
@@ -152,6 +128,21 @@ pub struct Space {
     pub zones: Vec<Zone>,
     /// The apps.
     pub apps: Vec<App>,
+}
+
+impl Space {
+    /// How many names the space serves: app names, custom domains, zone-file owners.
+    pub fn names_served(&self) -> usize {
+        let app_names: usize = self.apps.iter().map(|a| 1 + a.domains.len()).sum();
+        let zone_names: usize = (self.zones.iter())
+            .map(|z| {
+                let owners: std::collections::HashSet<_> =
+                    z.records.keys().map(|k| &k.name).collect();
+                owners.len()
+            })
+            .sum();
+        app_names + zone_names
+    }
 }
 
 /// A checked peer.
