@@ -117,6 +117,13 @@ impl Reloader {
     /// Loads `dir` for the first time; a failure here is fatal to the caller.
     pub fn load(dir: &Path) -> Result<Reloader, Vec<Diagnostic>> {
         let built = build(dir, &State::default())?;
+        let [loaded, validated, compiled] = built.times;
+        info!(
+            load_ms = ms(loaded),
+            validate_ms = ms(validated),
+            compile_ms = ms(compiled),
+            "compiled the zones directory"
+        );
         let Built {
             snapshot,
             kept,

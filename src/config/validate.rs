@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashMap as FastMap;
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 
@@ -237,16 +237,11 @@ impl Validator {
             }
         }
 
-        let mut apps: Vec<App> = Vec::new();
-        let mut app_names: FastSet<&str> =
-            FastSet::with_capacity_and_hasher(f.apps.len(), <_>::default());
+        // Duplicate names, within the file too, are found across files (`across`).
+        let mut apps: Vec<App> = Vec::with_capacity(f.apps.len());
         for (i, a) in f.apps.iter().enumerate() {
             let cert = source.certs.get(i).cloned().flatten();
             if let Some(app) = self.app(&here, i, a, &peers, cert) {
-                if !app_names.insert(&a.name) {
-                    let msg = format!("duplicate app name {:?}", app.name);
-                    self.report(&here, &format!("apps[{i}].name"), msg);
-                }
                 apps.push(app);
             }
         }
@@ -455,7 +450,9 @@ impl Validator {
         // Apps are keyed by (app domain, name); the domain as a small number, as hashing a Name
         // goes byte by byte and a million apps share a few domains.
         let mut domain_ids: HashMap<&Name, usize> = HashMap::new();
-        let mut apps: FastMap<(usize, &str), &Path> = FastMap::default();
+        let total = spaces.iter().map(|(s, _)| s.apps.len()).sum();
+        let mut apps: FastMap<(usize, &str), &Path> =
+            FastMap::with_capacity_and_hasher(total, <_>::default());
         let mut hosts: HashMap<Name, (&str, &Path)> = HashMap::new();
         let app_domains: HashSet<&Name> = spaces.iter().map(|(s, _)| s.domain).collect();
         let zone_names = ZoneNames::new(spaces.iter().flat_map(|(s, _)| &s.records));
@@ -510,12 +507,16 @@ impl Validator {
                     self.report(&here, &format!("apps[{a}].name"), msg);
                 }
                 if let Some(first) = apps.insert((domain_id, app_name), space.file) {
-                    let msg = format!(
-                        "app {:?} is already defined for {} in {}",
-                        app_name,
-                        space.domain.to_ascii(),
-                        first.display()
-                    );
+                    let msg = if first == space.file {
+                        format!("duplicate app name {app_name:?}")
+                    } else {
+                        format!(
+                            "app {:?} is already defined for {} in {}",
+                            app_name,
+                            space.domain.to_ascii(),
+                            first.display()
+                        )
+                    };
                     self.report(&here, &format!("apps[{a}].name"), msg);
                 }
                 for (d, domain) in domains.iter().enumerate() {
@@ -768,6 +769,20 @@ mod tests {
             "ns1.s.spaceroute.internal."
         );
         assert_eq!(s.zones[0].apex.to_ascii(), "corp.example.com.");
+    }
+
+    #[test]
+    fn duplicate_app_names_are_reported_within_a_file_and_across_files() {
+        let one = "space: one\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: app-a\n  - name: app-b\n  - name: app-a\n";
+        let two = "space: two\nnetwork: 10.17.0.0/16\nrouter: {private: [10.17.0.10]}\napps:\n  - name: app-b\n";
+        let errs = errors(&[("one.yaml", one), ("two.yaml", two)], &[]);
+        assert_one(&errs, "one.yaml:7:11:", "duplicate app name \"app-a\"");
+        assert_one(
+            &errs,
+            "two.yaml:5:11:",
+            "app \"app-b\" is already defined for herokuapp.com. in one.yaml",
+        );
+        assert_eq!(errs.len(), 2, "{errs:#?}");
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub fn assemble(spaces: Vec<Arc<SpaceView>>) -> Snapshot {
     // Every custom domain (wildcards with their `*`), for the empty non-terminals above them.
     let mut custom: Vec<(Name, AppRef)> = Vec::new();
     let mut host = Vec::new();
+    let names = (spaces.iter().flat_map(|s| &s.apps)).map(|a| 1 + a.domains.len());
+    snapshot.hosts.reserve(names.sum());
     for (s, space) in spaces.iter().enumerate() {
         snapshot.warnings.extend(space.warnings.iter().cloned());
         access.push((space.network, s, Member::Network));

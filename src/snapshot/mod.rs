@@ -207,6 +207,15 @@ impl Hosts {
         names.get(start..end).unwrap_or(&[])
     }
 
+    /// Makes room for `additional` more names.
+    fn reserve(&mut self, additional: usize) {
+        let (names, hasher) = (&self.names, &self.hasher);
+        (self.table).reserve(additional, |&(at, _)| {
+            hasher.hash_one(Self::name_at(names, at))
+        });
+        self.names.reserve(additional * 24);
+    }
+
     fn get(&self, key: &[u8]) -> Option<AppRef> {
         let hash = self.hasher.hash_one(key);
         let found = (self.table).find(hash, |&(at, _)| Self::name_at(&self.names, at) == key);
