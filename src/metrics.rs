@@ -1,11 +1,13 @@
 //! Prometheus metrics: what the servers count, and the `/metrics` endpoint that serves them.
 //!
 //! One [`Metrics`] per process, shared by the DNS server, the router and the reloader, which
-//! only ever add to it. The endpoint speaks HTTP/1.1 on its own listener (`--metrics`), off
+//! only ever add to it. DNS counts go to per-thread [`DnsCounters`] (each UDP worker has its
+//! own, on cache lines no other core writes) and are summed when `/metrics` is scraped. The endpoint speaks HTTP/1.1 on its own listener (`--metrics`), off
 //! unless given, and answers `GET /metrics` in the Prometheus text format.
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -13,8 +15,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -34,14 +38,95 @@ struct HttpLabels {
     code: &'static str,
 }
 
+/// The rcodes counted apart, per transport; higher ones (none that we send) count as 31.
+const RCODES: usize = 32;
+
+/// The DNS counters of one thread, or of the tasks that share them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct DnsCounters {
+    /// Answers by transport (UDP, TCP) and rcode.
+    answered: [[AtomicU64; RCODES]; 2],
+    /// Packets dropped unanswered (responses, runts).
+    dropped: AtomicU64,
+}
+
+impl DnsCounters {
+    /// Counts a query: `rcode` is `None` for a dropped packet.
+    pub fn query(&self, transport: Transport, rcode: Option<u16>) {
+        let counter = match rcode {
+            Some(rcode) => {
+                let rcode = usize::from(rcode).min(RCODES - 1);
+                &self.answered[transport as usize][rcode]
+            }
+            None => &self.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The transport a DNS query came over, as the counters index it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp = 0,
+    /// TCP.
+    Tcp = 1,
+}
+
+/// Every set of DNS counters, encoded as their sums when `/metrics` is scraped.
+#[derive(Debug, Default)]
+struct DnsShards {
+    shards: Mutex<Vec<Arc<DnsCounters>>>,
+}
+
+impl Collector for DnsShards {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut answered = [[0u64; RCODES]; 2];
+        let mut dropped = 0;
+        for shard in lock(&self.shards).iter() {
+            for (sums, counters) in answered.iter_mut().zip(&shard.answered) {
+                for (sum, counter) in sums.iter_mut().zip(counters) {
+                    *sum += counter.load(Ordering::Relaxed);
+                }
+            }
+            dropped += shard.dropped.load(Ordering::Relaxed);
+        }
+        let help = "DNS queries answered, by transport and rcode";
+        let mut family =
+            encoder.encode_descriptor("dns_queries", help, None, MetricType::Counter)?;
+        for (transport, sums) in ["udp", "tcp"].into_iter().zip(answered) {
+            for (rcode, sum) in sums.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                let labels = DnsLabels {
+                    transport,
+                    rcode: rcode as u16,
+                };
+                ConstCounter::new(sum).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let help = "DNS packets dropped (responses, runts)";
+        let counter = ConstCounter::new(dropped);
+        counter.encode(encoder.encode_descriptor(
+            "dns_dropped",
+            help,
+            None,
+            counter.metric_type(),
+        )?)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The lists only grow, one push at a time: a panic cannot leave them half-written.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The process's counters and gauges.
 pub struct Metrics {
     registry: Registry,
-    dns_queries: Family<DnsLabels, Counter>,
-    /// The counters of `dns_queries` for UDP and TCP and rcodes below 32, taken from the
-    /// family once: counting a query is then one atomic add, with no lock on the hot path.
-    dns_counters: [[OnceLock<Counter>; 32]; 2],
-    dns_dropped: Counter,
+    /// DNS counters, one set per answering thread, summed at scrape.
+    dns: Arc<DnsShards>,
+    /// The set for tasks that share one (TCP connections, relayed replies).
+    dns_shared: Arc<DnsCounters>,
     http_requests: Family<HttpLabels, Counter>,
     reloads: Counter,
     reload_failures: Counter,
@@ -61,9 +146,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("spaceroute"),
-            dns_queries: Family::default(),
-            dns_counters: Default::default(),
-            dns_dropped: Counter::default(),
+            dns: Arc::default(),
+            dns_shared: Arc::default(),
             http_requests: Family::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
@@ -72,16 +156,8 @@ impl Metrics {
             serial: Gauge::default(),
         };
         let r = &mut m.registry;
-        r.register(
-            "dns_queries",
-            "DNS queries answered, by transport and rcode",
-            m.dns_queries.clone(),
-        );
-        r.register(
-            "dns_dropped",
-            "DNS packets dropped (responses, runts)",
-            m.dns_dropped.clone(),
-        );
+        lock(&m.dns.shards).push(m.dns_shared.clone());
+        r.register_collector(Box::new(m.dns.clone()));
         r.register(
             "http_requests",
             "Router requests, by status and Heroku error code",
@@ -111,23 +187,17 @@ impl Metrics {
         m
     }
 
-    /// Counts a DNS query: `rcode` is `None` for a dropped packet.
-    pub fn dns_query(&self, transport: &'static str, rcode: Option<u16>) {
-        let Some(rcode) = rcode else {
-            self.dns_dropped.inc();
-            return;
-        };
-        let labels = || DnsLabels { transport, rcode };
-        let at = match transport {
-            "udp" => 0,
-            _ => 1,
-        };
-        match self.dns_counters[at].get(usize::from(rcode)) {
-            Some(counter) => counter
-                .get_or_init(|| self.dns_queries.get_or_create(&labels()).clone())
-                .inc(),
-            None => self.dns_queries.get_or_create(&labels()).inc(),
-        };
+    /// A set of DNS counters for one thread to count into on its own: a UDP worker counts
+    /// with no cache line shared with another core, and a scrape sums every set.
+    pub fn dns_counters(&self) -> Arc<DnsCounters> {
+        let counters = Arc::new(DnsCounters::default());
+        lock(&self.dns.shards).push(counters.clone());
+        counters
+    }
+
+    /// The set of DNS counters that tasks share (TCP connections, relayed replies).
+    pub fn dns_shared(&self) -> &DnsCounters {
+        &self.dns_shared
     }
 
     /// Counts a router request by the status sent and its error code (empty when none).
@@ -210,15 +280,17 @@ mod tests {
     #[test]
     fn counts_show_in_the_text_format() {
         let m = Metrics::new();
-        m.dns_query("udp", Some(5));
-        m.dns_query("udp", Some(5));
-        m.dns_query("tcp", None);
+        m.dns_shared().query(Transport::Udp, Some(5));
+        m.dns_counters().query(Transport::Udp, Some(5));
+        m.dns_counters().query(Transport::Tcp, Some(0));
+        m.dns_shared().query(Transport::Tcp, None);
         m.http_request(503, "H12");
         m.reload_failed();
         m.reloaded(3, 1_795_474_385);
         let text = m.encode();
         for line in [
             "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"5\"} 2",
+            "spaceroute_dns_queries_total{transport=\"tcp\",rcode=\"0\"} 1",
             "spaceroute_dns_dropped_total 1",
             "spaceroute_http_requests_total{status=\"503\",code=\"H12\"} 1",
             "spaceroute_reload_failures_total 1",

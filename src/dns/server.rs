@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::dns::answer::{Answer, Transport, answer};
 use crate::dns::forward::Forwarder;
 use crate::dns::udp;
-use crate::metrics::Metrics;
+use crate::metrics::{self, DnsCounters, Metrics};
 use crate::snapshot::Snapshot;
 
 /// Limits of the DNS server.
@@ -129,7 +129,7 @@ pub(super) async fn respond(
             None => debug!(%peer, ?upstreams, "no upstream answered a relayed query"),
         }
     }
-    record(&server.metrics, &result, peer, transport);
+    record(server.metrics.dns_shared(), &result, peer, transport);
     result.reply
 }
 
@@ -194,16 +194,21 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
 }
 
 /// Logs a query at debug level and counts it.
-pub(super) fn record(metrics: &Metrics, result: &Answer, peer: SocketAddr, transport: Transport) {
-    let transport = match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
+pub(super) fn record(
+    counters: &DnsCounters,
+    result: &Answer,
+    peer: SocketAddr,
+    transport: Transport,
+) {
+    let (counted, transport) = match transport {
+        Transport::Udp => (metrics::Transport::Udp, "udp"),
+        Transport::Tcp => (metrics::Transport::Tcp, "tcp"),
     };
     let rcode = result
         .reply
         .as_ref()
         .map(|_| u16::from(result.outcome.rcode));
-    metrics.dns_query(transport, rcode);
+    counters.query(counted, rcode);
     let client: IpAddr = peer.ip();
     match &result.reply {
         None => debug!(%client, transport, "query dropped"),

@@ -75,6 +75,7 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
     }
     let socket = Arc::new(socket);
     let fd = socket.as_raw_fd();
+    let counters = server.metrics.dns_counters();
     let mut buffers = vec![[0u8; MAX_QUERY]; BATCH];
     let mut received: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
@@ -121,7 +122,7 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
                 });
                 continue;
             }
-            record(&server.metrics, &result, peer, Transport::Udp);
+            record(&counters, &result, peer, Transport::Udp);
             if let Some(reply) = result.reply {
                 replies.push((reply, peer));
             }
