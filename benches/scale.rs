@@ -5,7 +5,9 @@
 //!   `10000,1000000` runs each in turn): spaceroute gets one space file (`bench`, network
 //!   127.16.0.0/16, a peer 127.32.0.0/16, router private 127.16.0.10 and public 127.100.0.10,
 //!   apps `app-0000000` .. with every 10th a standard app, `internal_routing: false`, each with
-//!   one web dyno at 127.16.x.y:5000 that nothing ever connects to). Knot and NSD get the
+//!   one web dyno at 127.16.x.y:5000 that nothing ever connects to; `SCALE_SPACES=K` spreads
+//!   the apps over K space files, the others peering with both sources so that every answer
+//!   stays the same). Knot and NSD get the
 //!   equivalent `herokuapp.com` zone (SOA, NS, one A 127.16.0.10 per app). BIND gets two views,
 //!   as BIND operators split a domain: `trusted` (match-clients 127.16.0.0/16 and
 //!   127.32.0.0/16) serves that zone; the catch-all view serves a `herokuapp.com` holding only
@@ -20,9 +22,10 @@
 //!   RRL off (`rrl-ratelimit: 0`: Debian's NSD is built with RRL, on at 200 qps per source by
 //!   default, which would cap every run); BIND `named -n 1`, `minimal-responses yes`,
 //!   `recursion no`. They load one after the other; "load" is process start to the first right
-//!   answer (polled every 10 ms), "RSS" the VmRSS after load summed over its processes and
-//!   "PSS" their proportional set size, which counts shared pages once (NSD forks a server
-//!   process that holds the zone, and xfrd).
+//!   answer (polled every 10 ms), "RSS" the VmRSS after the runs (serving, settled) summed
+//!   over its processes and "PSS" their proportional set size, which counts shared pages once
+//!   (NSD forks a server process that holds the zone, and xfrd). The lines printed as each
+//!   server loads show RSS and PSS right after the load.
 //! - **Load**: `dnsperf -l SECS -c 8 -T 2 -q 100` (env `SCALE_SECS`, default 10; `0` only
 //!   loads and probes), `SCALE_ROUNDS` rounds (default 3), interleaved: each round runs every
 //!   test against every server in turn. Tests: `udp trusted` from 127.16.0.5 (90% an app's A,
@@ -141,7 +144,7 @@ fn main() {
 /// Under `cargo test`: 100 apps, spaceroute alone, its answers checked.
 fn smoke() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = Data::generate(&dir.path().join("data"), 100);
+    let data = Data::generate(&dir.path().join("data"), 100, 1);
     let kind = Kind::Spaceroute(1);
     let server = Server::start(
         kind,
@@ -164,6 +167,8 @@ fn smoke() {
 /// What the environment asks for.
 struct Settings {
     apps: Vec<usize>,
+    /// Space files spaceroute's apps are spread over (`SCALE_SPACES`, default 1).
+    spaces: usize,
     secs: u64,
     rounds: usize,
     load_timeout: u64,
@@ -187,6 +192,7 @@ impl Settings {
         );
         Settings {
             apps,
+            spaces: number("SCALE_SPACES", &var("SCALE_SPACES", "1")).clamp(1, 65_000) as usize,
             secs: number("SCALE_SECS", &var("SCALE_SECS", "10")),
             rounds: number("SCALE_ROUNDS", &var("SCALE_ROUNDS", "3")).max(1) as usize,
             load_timeout: number("SCALE_LOAD_TIMEOUT", &var("SCALE_LOAD_TIMEOUT", "900")),
@@ -218,11 +224,12 @@ fn full_run(settings: &Settings) {
     for &apps in &settings.apps {
         let dir = tempfile::tempdir().expect("tempdir");
         let started = Instant::now();
-        let data = Data::generate(&dir.path().join("data"), apps);
+        let data = Data::generate(&dir.path().join("data"), apps, settings.spaces);
         println!(
-            "N = {apps}: data generated in {:.1?} (space file {}, zone {})",
+            "N = {apps} in {} space file(s): data generated in {:.1?} (space files {}, zone {})",
+            settings.spaces,
             started.elapsed(),
-            mb(file_kb(&data.space_file)),
+            mb(dir_kb(&data.spaces)),
             mb(file_kb(&data.zone))
         );
         let mut servers = Vec::new();
@@ -276,6 +283,14 @@ fn full_run(settings: &Settings) {
                 }
             }
         }
+        // Memory once serving has settled: right after a load, a process may still hold its
+        // loading peak (spaceroute's allocator hands it back within seconds).
+        std::thread::sleep(Duration::from_secs(if settings.secs > 0 { 1 } else { 10 }));
+        for server in &mut servers {
+            let pid = server.proc.pid();
+            server.rss_kb = tree(pid).iter().map(|&p| status_kb(p, "VmRSS:")).sum();
+            server.pss_kb = tree(pid).iter().map(|&p| pss_kb(p)).sum();
+        }
         table(&mut report, apps, settings, cpus, &servers, &results);
         drop(servers);
     }
@@ -313,7 +328,10 @@ const ZONE_HEAD: &str = "$ORIGIN herokuapp.com.\n$TTL 60\n\
      @ IN NS ns1.bench.internal.\n";
 
 impl Data {
-    fn generate(dir: &Path, apps: usize) -> Data {
+    /// `space_files` > 1 spreads the apps over that many: `bench` as with one, and
+    /// `bench-<i>`, whose own networks are never asked from (10.x.y.0/24) and which peer with
+    /// the trusted and peer sources, so every source sees the same answers as with one space.
+    fn generate(dir: &Path, apps: usize, space_files: usize) -> Data {
         let spaces = dir.join("spaces");
         std::fs::create_dir_all(&spaces).expect("mkdir");
         let data = Data {
@@ -324,18 +342,37 @@ impl Data {
             trusted_queries: dir.join("trusted.txt"),
             refused_queries: dir.join("refused.txt"),
         };
-        let mut space = writer(&data.space_file);
-        let _ = write!(
-            space,
-            "space: bench\n\
-             domain: herokuapp.com\n\
-             network: 127.16.0.0/16\n\
-             peers:\n  - {{name: peer, cidrs: [127.32.0.0/16]}}\n\
-             router: {{private: [{ROUTER_PRIVATE}], public: [{ROUTER_PUBLIC}]}}\n\
-             ttl: 60\n\
-             nameservers:\n  - {{name: ns1.bench.internal, ip: 127.16.0.2}}\n\
-             apps:\n"
-        );
+        let mut files: Vec<_> = (0..space_files)
+            .map(|i| {
+                let (name, network, peers, path) = match i {
+                    0 => (
+                        "bench".to_string(),
+                        "127.16.0.0/16".to_string(),
+                        "[127.32.0.0/16]",
+                        data.space_file.clone(),
+                    ),
+                    _ => (
+                        format!("bench-{i:05}"),
+                        format!("10.{}.{}.0/24", 200 + i / 256, i % 256),
+                        "[127.16.0.0/16, 127.32.0.0/16]",
+                        data.spaces.join(format!("bench-{i:05}.yaml")),
+                    ),
+                };
+                let mut space = writer(&path);
+                let _ = write!(
+                    space,
+                    "space: {name}\n\
+                     domain: herokuapp.com\n\
+                     network: {network}\n\
+                     peers:\n  - {{name: peer, cidrs: {peers}}}\n\
+                     router: {{private: [{ROUTER_PRIVATE}], public: [{ROUTER_PUBLIC}]}}\n\
+                     ttl: 60\n\
+                     nameservers:\n  - {{name: ns1.{name}.internal, ip: 127.16.0.2}}\n\
+                     apps:\n"
+                );
+                space
+            })
+            .collect();
         let mut zone = writer(&data.zone);
         let mut public = writer(&data.public_zone);
         zone.write_all(ZONE_HEAD.as_bytes()).expect("write");
@@ -349,7 +386,7 @@ impl Data {
             };
             // Dynos at 127.16.1.1 .. 127.16.255.254 (repeating past 64k apps); never contacted.
             let _ = write!(
-                space,
+                files[n % space_files],
                 "  - name: {name}\n{routing}    dynos:\n      - {{name: web.1, ip: 127.16.{}.{}, port: 5000}}\n",
                 1 + (n / 254) % 255,
                 1 + n % 254
@@ -359,7 +396,7 @@ impl Data {
                 let _ = writeln!(public, "{name} IN A {ROUTER_PUBLIC}");
             }
         }
-        for mut w in [space, zone, public] {
+        for mut w in files.into_iter().chain([zone, public]) {
             w.flush().expect("write");
         }
 
@@ -1050,6 +1087,12 @@ fn mb(kb: u64) -> String {
 
 fn file_kb(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len() / 1024)
+}
+
+/// The size of the files in `dir`, in KiB.
+fn dir_kb(dir: &Path) -> u64 {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.map(|e| file_kb(&e.path())).sum()
 }
 
 // ---------------------------------------------------------------------------------------------
