@@ -101,6 +101,12 @@ pub fn answer(
             Transport::Tcp => usize::from(u16::MAX),
         },
     };
+    // Below every name an untrusted asker may see: REFUSED, whatever the type. Decided before
+    // the name is looked up: a public flood never touches the million-entry host table.
+    let trusted = snapshot.access.trusted(client);
+    if !trusted && !snapshot.public_may_see(query.key) {
+        return refused(&query);
+    }
     // The app that owns the name, if the asker may see it.
     let visible = snapshot.exact_host(query.key).and_then(|app| {
         let trust = snapshot.access.trust(client, app.space);
@@ -115,12 +121,8 @@ pub fn answer(
             _ => None,
         };
     }
-    if !snapshot.access.trusted(client) {
-        // Below every name an untrusted asker may see: REFUSED, whatever the type.
-        if snapshot.public_may_see(query.key) {
-            return None;
-        }
-        return refused(&query);
+    if !trusted {
+        return None;
     }
     unlisted(snapshot, client, &query)
 }
