@@ -49,58 +49,14 @@
 //! panics (the bench is a child subreaper, so NSD's forks are stopped and reaped too). Nothing
 //! is written to `benches/RESULTS.md`: paste a run there.
 //!
-//! Last result: a smoke run only (2026-11-29, the 2-core workplace VM while another engineer
-//! was compiling on it, release build of commit 197081d, `SCALE_SECS=2 SCALE_ROUNDS=1`; Knot
-//! 3.2.6, NSD 4.6.1, BIND 9.18.49, dnsperf 2.10.0). One round of 2 s on a busy machine: the
-//! rates are noise; see `benches/RESULTS.md` for a full run.
-//!
-//! ```text
-//! N = 10000 apps; 1 round(s) x 2 s, interleaved; dnsperf -c 8 -T 2 -q 100; 2 CPUs
-//! server         workers      load       RSS       PSS
-//! spaceroute w1        1   94.51ms     25.5M     24.0M
-//! spaceroute w2        2   92.37ms     25.7M     22.1M
-//! knot                 1   23.25ms     11.4M      9.6M
-//! nsd                  1   41.82ms     55.5M     45.1M
-//! bind                 1   89.42ms     47.5M     43.3M
-//!
-//! test         server         qps median (min-max)            user     sys   cpu limit     rcodes
-//! udp trusted  spaceroute w1  241.8k (241.8k-241.8k)          0.56    2.25   68% generator NOERROR 95% NXDOMAIN 5%
-//! udp trusted  spaceroute w2  353.6k (353.6k-353.6k)          0.58    1.90   88% generator NOERROR 95% NXDOMAIN 5%
-//! udp trusted  knot           201.8k (201.8k-201.8k)          0.82    2.48   66% generator NOERROR 95% NXDOMAIN 5%
-//! udp trusted  nsd            227.4k (227.4k-227.4k)          0.68    2.37   69% generator NOERROR 95% NXDOMAIN 5%
-//! udp trusted  bind           163.1k (163.1k-163.1k)          3.59    2.51   99% server    NOERROR 95% NXDOMAIN 5%
-//! udp refused  spaceroute w1  270.7k (270.7k-270.7k)          0.37    2.25   71% generator REFUSED 100%
-//! udp refused  spaceroute w2  271.5k (271.5k-271.5k)          0.44    2.46   79% generator REFUSED 100%
-//! udp refused  knot           221.6k (221.6k-221.6k)          0.79    2.48   72% generator NOERROR 100% (no ACL)
-//! udp refused  nsd            232.3k (232.3k-232.3k)          0.73    2.37   72% generator NOERROR 100% (no ACL)
-//! udp refused  bind           146.3k (146.3k-146.3k)          4.33    2.39   98% server    NXDOMAIN 100% (catch-all view)
-//! tcp trusted  spaceroute w1  219.8k (219.8k-219.8k)          1.27    2.23   77% generator NOERROR 95% NXDOMAIN 5%
-//! tcp trusted  spaceroute w2  241.8k (241.8k-241.8k)          1.52    2.10   88% generator NOERROR 95% NXDOMAIN 5%
-//! tcp trusted  knot           71.9k (71.9k-71.9k)             1.36    2.86   30% generator NOERROR 95% NXDOMAIN 5%
-//! tcp trusted  nsd            46.6k (46.6k-46.6k)             1.37    5.27   31% generator NOERROR 95% NXDOMAIN 5%
-//! tcp trusted  bind           121.0k (121.0k-121.0k)          5.05    2.99   97% server    NOERROR 95% NXDOMAIN 5%
-//! (user, sys: server CPU µs per query, median)
-//!
-//! spaceroute w2 / w1 qps: udp trusted 1.46 udp refused 1.00 tcp trusted 1.10
-//!
-//! spaceroute w1 / peer           knot      nsd     bind
-//! udp trusted qps                1.20     1.06     1.48
-//! udp trusted cpu/query          0.85     0.92     0.46
-//! udp refused qps                1.22     1.17     1.85
-//! udp refused cpu/query          0.80     0.85     0.39
-//! tcp trusted qps                3.06     4.72     1.82
-//! tcp trusted cpu/query          0.83     0.53     0.43
-//! load time                      4.07     2.26     1.06
-//! RSS                            2.23     0.46     0.54
-//! PSS                            2.49     0.53     0.55
-//! ```
-//!
-//! dnsperf (two threads) and a one-worker server share the 2 cores, so only BIND, the dearest
-//! per query, is CPU-bound; compare `user` and `sys` per query more than qps. Over TCP Knot
-//! and NSD idle at ~30% CPU: bound by round trips on 8 connections, not by CPU. At 1M apps,
-//! load only (`SCALE_APPS=1000000 SCALE_SECS=0`, same commit): spaceroute 16.8 s (w2 15.2 s)
-//! and 1.42 GB PSS, Knot 1.3 s and 315 MB, NSD 1.3 s and 310 MB (RSS summed over its
-//! processes: 585 MB), BIND 4.8 s and 359 MB; every server answered every probe right.
+//! Last result (2026-11-29, the 2-core workplace VM, commit 9035135; the full run is in
+//! `benches/RESULTS.md`): one worker answers UDP at 1.26x Knot's and 1.12x NSD's rate at 10k
+//! apps, with 0.32 us user CPU per query (Knot and NSD 0.76), and at 1.21x and 1.10x at 1M
+//! (0.85 us; Knot 1.74, NSD 1.92); TCP 3.4-4x Knot. 1M apps load in 2.5 s from one file and
+//! 1.7 s from 100 (Knot 1.3 s, NSD 1.4 s) and take 302 MB once serving (Knot 317 MB, NSD
+//! 310 MB PSS). dnsperf (two threads) and a one-worker server share the 2 cores, so only BIND,
+//! the dearest per query, is CPU-bound: compare `user` and `sys` per query more than qps. Over
+//! TCP Knot and NSD idle at ~30% CPU: bound by round trips on 8 connections, not by CPU.
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Read, Write};
