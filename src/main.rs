@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use spaceroute::config;
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
+use spaceroute::router::admission::Capacity;
 use spaceroute::router::{self, Listener, Router, Timeouts};
 use spaceroute::snapshot;
 
@@ -130,7 +131,31 @@ fn fatal(what: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Raises the soft limit on open files to the hard limit (the common service default of 1024
+/// would let ~1,000 idle connections stop DNS over TCP and the router for everyone) and returns
+/// the soft limit now in force.
+fn raise_open_files() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// The router's connection capacity under `open_files`: what DNS over TCP may hold and a
+/// margin for files and the reloader come off first, and each client connection may need a
+/// second descriptor for its dyno.
+fn router_capacity(open_files: u64, dns_tcp: usize) -> Capacity {
+    let spare = open_files.saturating_sub(dns_tcp as u64 + 256);
+    let total = usize::try_from(spare / 2).unwrap_or(usize::MAX);
+    Capacity::for_total(total.clamp(16, Capacity::default().total))
+}
+
 async fn serve(args: Serve) -> ExitCode {
+    let open_files = raise_open_files();
     let zones = &args.zones;
     let reloader = match Reloader::load(zones) {
         Ok(reloader) => Arc::new(reloader),
@@ -250,11 +275,16 @@ async fn serve(args: Serve) -> ExitCode {
         limits,
         shutdown.clone(),
     ));
-    let router = Arc::new(Router::new(
-        reloader.snapshot(),
-        Timeouts::default(),
-        metrics.clone(),
-    ));
+    let capacity = router_capacity(open_files, limits.tcp_max_connections);
+    info!(
+        open_files,
+        dns_tcp = limits.tcp_max_connections,
+        router = capacity.total,
+        router_public = capacity.public,
+        "connection caps"
+    );
+    let router = Router::new(reloader.snapshot(), Timeouts::default(), metrics.clone());
+    let router = Arc::new(router.with_capacity(capacity));
     let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
     for listener in metrics_listeners {
         tokio::spawn(spaceroute::metrics::serve(

@@ -8,13 +8,14 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -23,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -232,28 +234,48 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(MAX_SCRAPERS));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(r) => r,
                 Err(e) => {
+                    // Out of descriptors, most likely: wait rather than spin on the error.
                     debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             () = shutdown.cancelled() => return,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics connection cap reached, closing");
+            continue;
+        };
         let metrics = metrics.clone();
         let service = service_fn(move |req| respond(metrics.clone(), req));
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(SCRAPE_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "metrics connection ended");
+            // A scrape takes milliseconds; whatever is still open after this is not a scraper.
+            match tokio::time::timeout(SCRAPE_TIMEOUT, conn).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection ended"),
+                Err(_) => debug!(%peer, "metrics connection too slow, closed"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }
+
+/// The most scrapers served at once; more connections are closed as they are accepted.
+const MAX_SCRAPERS: usize = 16;
+
+/// How long one scrape may take, headers to the last byte.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn respond(
     metrics: Arc<Metrics>,

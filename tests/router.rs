@@ -34,6 +34,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use spaceroute::reload::{Reloaded, Reloader};
+use spaceroute::router::admission::Capacity;
 use spaceroute::router::{self, Listener, Router, Timeouts};
 
 use common::{BETA, HQ_VPN, PROD_VPC, PUBLIC, SPACE, eventually};
@@ -496,6 +497,8 @@ fn timeouts() -> Timeouts {
         shutdown: Duration::from_secs(5),
         header_read: Duration::from_secs(5),
         handshake: Duration::from_secs(5),
+        first_bytes: Duration::from_secs(5),
+        connection_idle: Duration::from_secs(30),
     }
 }
 
@@ -516,6 +519,14 @@ impl TestRouter {
     }
 
     async fn start_with(files: &[(&str, String)], timeouts: Timeouts) -> TestRouter {
+        TestRouter::start_capped(files, timeouts, Capacity::default()).await
+    }
+
+    async fn start_capped(
+        files: &[(&str, String)],
+        timeouts: Timeouts,
+        capacity: Capacity,
+    ) -> TestRouter {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.pem"), &certs().app_pem).unwrap();
@@ -543,7 +554,8 @@ impl TestRouter {
             },
         ];
         let shutdown = CancellationToken::new();
-        let router = Arc::new(Router::new(snapshot, timeouts, reloader.metrics()));
+        let router = Router::new(snapshot, timeouts, reloader.metrics()).with_capacity(capacity);
+        let router = Arc::new(router);
         let task = tokio::spawn(router::run(router, listeners, shutdown.clone()));
         TestRouter {
             http: http_addr,
@@ -2202,4 +2214,209 @@ async fn a_client_host_header_cannot_forge_fields_of_the_log_line() {
     let log = log_line(&id).await;
     assert_eq!(log.get("status"), r.status.as_str());
     assert_eq!(log.get("dyno"), "");
+}
+
+/// Whether the router closes `stream` within `wait` (reading until EOF or an error).
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(wait, read_to_end).await.is_ok()
+}
+
+#[tokio::test]
+async fn issue_9_connections_that_send_nothing_or_stall_are_closed_at_their_deadlines() {
+    let open = Dyno::start("open-app").await;
+    let router = TestRouter::start_with(
+        &[alpha(&[app("open-app", &[], &[("web.1", open.addr)])])],
+        Timeouts {
+            first_bytes: Duration::from_millis(400),
+            connection_idle: Duration::from_millis(800),
+            handshake: Duration::from_millis(800),
+            ..timeouts()
+        },
+    )
+    .await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let cases: [(&str, SocketAddr, Vec<u8>); 5] = [
+        ("nothing", router.http, Vec::new()),
+        (
+            "half an HTTP/2 preface",
+            router.http,
+            preface[..10].to_vec(),
+        ),
+        (
+            "the preface and SETTINGS, then nothing",
+            router.http,
+            [&preface[..], &settings].concat(),
+        ),
+        ("half a request line", router.http, b"GET / HT".to_vec()),
+        (
+            "the start of a TLS ClientHello",
+            router.https,
+            vec![0x16, 0x03, 0x01, 0x00, 0xc8, 0x01],
+        ),
+    ];
+    let mut attempts = Vec::new();
+    for (what, to, bytes) in cases {
+        attempts.push(tokio::spawn(async move {
+            let mut stream = common::tcp_connect(to, PUBLIC).await;
+            stream.write_all(&bytes).await.unwrap();
+            let started = Instant::now();
+            let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+            (what, closed, started.elapsed())
+        }));
+    }
+    for attempt in attempts {
+        let (what, closed, took) = attempt.await.unwrap();
+        assert!(
+            closed && took < Duration::from_secs(3),
+            "{what}: closed {closed} after {took:?}"
+        );
+    }
+
+    // A keep-alive connection in use is not idle: six requests 300 ms apart, 1.8 s in all,
+    // on one connection, against an idle limit of 0.8 s.
+    let mut sender = h1(router.http, SPACE).await;
+    for i in 0..6 {
+        let reply = send(
+            &mut sender,
+            get("open-app.herokuapp.com", "/", &format!("keep-{i}")),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn issue_9_a_public_flood_of_idle_connections_leaves_trusted_sources_their_share() {
+    let open = Dyno::start("open-app").await;
+    let capacity = Capacity {
+        total: 40,
+        public: 20,
+        per_address: 4,
+        per_prefix: 8,
+    };
+    let router = TestRouter::start_capped(
+        &[alpha(&[app(
+            "open-app",
+            &["internal_routing: false"],
+            &[("web.1", open.addr)],
+        )])],
+        timeouts(),
+        capacity,
+    )
+    .await;
+    // 120 idle connections from twelve public addresses in four /24s, ten from each.
+    let mut flood = Vec::new();
+    for n in 0..120u8 {
+        let from = format!("127.{}.0.{}", 200 + n % 4, 1 + n % 12);
+        flood.push(common::tcp_connect(router.http, &from).await);
+    }
+    // The router closes what is over the caps at once; at most the public share stays open.
+    let mut open_public = 0;
+    for stream in &mut flood {
+        if !closed_within(stream, Duration::from_millis(50)).await {
+            open_public += 1;
+        }
+    }
+    assert!(
+        (16..=20).contains(&open_public),
+        "{open_public} public connections held"
+    );
+
+    // Every trusted request still gets through, each on a connection of its own, and from
+    // the space, its peer and its VPN alike; a public client is now turned away.
+    for from in [SPACE, PROD_VPC, HQ_VPN].into_iter().cycle().take(12) {
+        let reply = fetch(router.http, from, "open-app.herokuapp.com").await;
+        assert_eq!(reply.status, StatusCode::OK, "from {from}");
+    }
+    let mut late = common::tcp_connect(router.http, "127.210.0.1").await;
+    assert!(
+        closed_within(&mut late, Duration::from_secs(1)).await,
+        "a public client over the share"
+    );
+    drop(flood);
+}
+
+/// Raises this test process's own open-file limit, so that it can hold a flood of
+/// connections; returns the soft limit now in force.
+fn raise_own_open_files() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    soft.max(hard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_9_under_1024_open_files_a_flood_of_1100_idle_connections_starves_no_one_trusted() {
+    if raise_own_open_files() < 4096 {
+        return eprintln!("skipped: this process may not open 4096 files");
+    }
+    let dir = common::copy_dir(&common::fixture_dir());
+    let b = common::Binary::start_limited(dir.path(), &["--metrics", "127.0.0.1:0"], 1024);
+    let http = b.http.unwrap();
+    b.wait_for("connection caps", 1).await;
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("connection caps") && l.contains("open_files=1024")),
+        "{:#?}",
+        b.logs()
+    );
+    // 1,100 idle connections to the router and 300 to DNS over TCP, from 20 public addresses.
+    let mut flood = Vec::new();
+    for n in 0..1400u32 {
+        let from = format!("127.200.{}.{}", n % 5, 1 + n % 4);
+        let to = if n < 1100 { http } else { b.dns };
+        flood.push(common::tcp_connect(to, &from).await);
+    }
+    // Trusted askers are still served: DNS over TCP from the space and a peer, the router
+    // (the fixture's dynos do not listen: the router's own 503 is its answer), and metrics.
+    for from in [SPACE, PROD_VPC] {
+        let m = common::tcp(
+            b.dns,
+            from,
+            "open-app.herokuapp.com.",
+            hickory_proto::rr::RecordType::A,
+        )
+        .await;
+        assert_eq!(
+            common::data(&m),
+            ["127.16.0.10"],
+            "dns over tcp from {from}"
+        );
+        let mut stream = common::tcp_connect(http, from).await;
+        let req = "GET / HTTP/1.1\r\nHost: open-app.herokuapp.com\r\nConnection: close\r\n\r\n";
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text));
+        assert!(
+            read.await.is_ok() && text.starts_with("HTTP/1.1 503"),
+            "router from {from}: {text:?}"
+        );
+    }
+    let addr = b.metrics.unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n";
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "metrics: {text:?}");
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("router connection cap reached"))
+    );
+    drop(flood);
 }

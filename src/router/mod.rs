@@ -4,7 +4,9 @@
 //! connection with hyper, and hands every request to [`proxy::handle`]. On shutdown it stops
 //! accepting and lets connections finish their requests for a bounded time.
 
+pub mod admission;
 pub mod body;
+pub mod idle;
 pub mod log;
 pub mod proxy;
 pub mod tls;
@@ -20,12 +22,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
+use admission::{Capacity, Gate};
+use idle::{Activity, Watched};
 use proxy::Downstream;
 use upstream::Upstreams;
 
@@ -46,6 +49,12 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// To complete a TLS handshake.
     pub handshake: Duration,
+    /// A connection that has not sent its first byte by then is closed (the first request's
+    /// headers then have `header_read`).
+    pub first_bytes: Duration,
+    /// A connection on which no byte moved either way for this long is closed: a keep-alive
+    /// or HTTP/2 connection left idle (nginx's `keepalive_timeout` is 75 s).
+    pub connection_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -58,6 +67,8 @@ impl Default for Timeouts {
             shutdown: Duration::from_secs(10),
             header_read: Duration::from_secs(30),
             handshake: Duration::from_secs(10),
+            first_bytes: Duration::from_secs(10),
+            connection_idle: Duration::from_secs(75),
         }
     }
 }
@@ -68,14 +79,11 @@ pub struct Router {
     metrics: Arc<Metrics>,
     upstreams: Upstreams,
     timeouts: Timeouts,
-    connections: Arc<Semaphore>,
+    /// Who may open another connection.
+    gate: Arc<Gate>,
     /// Where the round robin over web dynos stands.
     next: AtomicUsize,
 }
-
-/// The most client connections open at once; more are closed as they are accepted, so a flood
-/// of idle connections cannot exhaust file descriptors.
-const MAX_CONNECTIONS: usize = 16_384;
 
 impl Router {
     /// A router over `snapshot` with `timeouts`, counting into `metrics`.
@@ -89,9 +97,15 @@ impl Router {
             metrics,
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            gate: Gate::new(Capacity::default()),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same router holding at most `capacity` client connections.
+    pub fn with_capacity(mut self, capacity: Capacity) -> Router {
+        self.gate = Gate::new(capacity);
+        self
     }
 }
 
@@ -158,8 +172,8 @@ async fn accept(
             },
             () = shutdown.cancelled() => return,
         };
-        let Ok(permit) = router.connections.clone().try_acquire_owned() else {
-            debug!(%peer, "router connection limit reached, closing");
+        let trusted = router.snapshot.load().access.trusted(peer.ip());
+        let Ok(admitted) = router.gate.admit(peer.ip(), trusted) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -178,27 +192,38 @@ async fn accept(
             .max_headers(MAX_HEADERS);
         // Each connection gets its own watcher; only the accept loop holds `graceful`.
         let watcher = graceful.watcher();
-        let (tls, handshake) = (listener.tls.clone(), router.timeouts.handshake);
+        let (tls, timeouts) = (listener.tls.clone(), router.timeouts);
+        let activity = Activity::new();
         tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(tls) => match tls.accept(stream, peer.ip(), handshake).await {
-                    Ok(stream) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let deadline = activity.expired(timeouts.first_bytes, timeouts.connection_idle);
+            let serve = async {
+                match tls {
+                    None => {
+                        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                        let conn = builder.serve_connection_with_upgrades(io, service);
                         watcher.watch(conn.into_owned()).await
                     }
-                    Err(e) => return debug!(%peer, error = %e, "tls handshake failed"),
-                },
+                    Some(tls) => match tls.accept(stream, peer.ip(), timeouts.handshake).await {
+                        Ok(stream) => {
+                            let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                            let conn = builder.serve_connection_with_upgrades(io, service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Err(e) => {
+                            debug!(%peer, error = %e, "tls handshake failed");
+                            Ok(())
+                        }
+                    },
+                }
             };
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "{protocol} connection ended");
+            tokio::select! {
+                served = serve => if let Err(e) = served {
+                    debug!(%peer, error = %e, "{protocol} connection ended");
+                },
+                // Dropping the connection closes it.
+                () = deadline => debug!(%peer, "{protocol} connection idle, closed"),
             }
-            drop(permit);
+            drop(admitted);
         });
     }
 }

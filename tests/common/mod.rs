@@ -248,8 +248,27 @@ impl Binary {
     /// waits for its `listening dns`, `listening http=` and (when `extra` has `--https`)
     /// `listening https=` lines. With several addresses of a kind, the first one logged is kept.
     pub fn start_with(zones: &Path, extra: &[&str]) -> Binary {
+        Binary::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute")),
+            zones,
+            extra,
+        )
+    }
+
+    /// [`Binary::start_with`] under a limit of `open_files` open files, soft and hard, as a
+    /// service manager would set it (util-linux `prlimit`, which execs: the PID is the
+    /// binary's).
+    pub fn start_limited(zones: &Path, extra: &[&str], open_files: u64) -> Binary {
+        let mut prlimit = std::process::Command::new("prlimit");
+        prlimit
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(env!("CARGO_BIN_EXE_spaceroute"));
+        Binary::spawn(prlimit, zones, extra)
+    }
+
+    fn spawn(mut command: std::process::Command, zones: &Path, extra: &[&str]) -> Binary {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spaceroute"))
+        let mut child = command
             .args([
                 "serve",
                 "--dns",
