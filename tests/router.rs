@@ -2420,3 +2420,131 @@ async fn issue_9_under_1024_open_files_a_flood_of_1100_idle_connections_starves_
     );
     drop(flood);
 }
+
+#[tokio::test]
+async fn issue_9_a_dyno_sees_only_websocket_upgrades_and_only_the_forwarding_headers_we_set() {
+    let open = Dyno::start("open-app").await;
+    let router = open_app(&[("web.1", open.addr)]).await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\n{OPEN}Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n\
+         Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n\
+         Forwarded: for=10.9.9.9;host=evil.example\r\nX-Forwarded-Host: evil.example\r\n\
+         X-Real-IP: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\nX-Forwarded-Proto: gopher\r\n\
+         X-Forwarded-Port: 1\r\n\r\n"
+    );
+    // The test dyno answers 200, not 101: the upgrade is not taken, the request is seen.
+    let _ = raw_exchange(router.http, SPACE, request.as_bytes()).await;
+    let seen = open.last();
+    assert_eq!(header(&seen.headers, "upgrade"), "websocket");
+    for gone in [
+        "proxy-authorization",
+        "proxy-connection",
+        "forwarded",
+        "x-forwarded-host",
+        "x-real-ip",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the dyno: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-for"),
+        format!("10.8.8.8, {SPACE}")
+    );
+    assert_eq!(header(&seen.headers, "x-forwarded-proto"), "http");
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-port"),
+        router.http.port().to_string()
+    );
+}
+
+#[tokio::test]
+async fn issue_9_a_101_for_anything_but_websocket_is_no_tunnel() {
+    let h2c = Dyno::with("web.1", |_| async {
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(text(""))
+            .unwrap()
+    })
+    .await;
+    let router = open_app(&[("web.1", h2c.addr)]).await;
+    let request =
+        format!("GET / HTTP/1.1\r\n{OPEN}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let (reply, _) = raw_exchange(router.http, SPACE, request.as_bytes()).await;
+    let reply = reply.expect("a response");
+    assert_eq!(reply.status, 503, "{}", reply.head);
+}
+
+#[tokio::test]
+async fn issue_9_the_target_authority_wins_over_host_and_userinfo_or_a_mismatch_is_a_400() {
+    let open = Dyno::start("open-app").await;
+    let router = open_app(&[("web.1", open.addr)]).await;
+    // Absolute form: routed by its authority, which the dyno sees as Host.
+    let absolute =
+        "GET http://open-app.herokuapp.com/abs HTTP/1.1\r\nHost: unknown.example.org\r\n\r\n";
+    let (reply, _) = raw_exchange(router.http, SPACE, absolute.as_bytes()).await;
+    assert_eq!(reply.expect("a response").status, 200);
+    let seen = open.last();
+    assert_eq!(
+        (seen.path.as_str(), header(&seen.headers, "host")),
+        ("/abs", "open-app.herokuapp.com")
+    );
+    // The other way round does not reach the app either.
+    let absolute =
+        "GET http://unknown.example.org/abs HTTP/1.1\r\nHost: open-app.herokuapp.com\r\n\r\n";
+    let (reply, _) = raw_exchange(router.http, SPACE, absolute.as_bytes()).await;
+    assert_eq!(reply.expect("a response").status, 404);
+    // Userinfo in Host or in the target.
+    assert_refused(
+        &router,
+        "userinfo in Host",
+        "GET / HTTP/1.1\r\nHost: internal@open-app.herokuapp.com\r\n\r\n",
+    )
+    .await;
+    assert_refused(&router, "userinfo in the target", "GET http://internal@open-app.herokuapp.com/ HTTP/1.1\r\nHost: open-app.herokuapp.com\r\n\r\n").await;
+
+    // HTTP/2: a host header that is not the :authority is malformed.
+    let mut h2 = h2_over(common::tcp_connect(router.http, SPACE).await).await;
+    let req = Request::get("http://open-app.herokuapp.com/h2")
+        .header("host", "unknown.example.org")
+        .body(empty())
+        .unwrap();
+    let status = match h2.send_request(req).await {
+        Ok(response) => response.status(),
+        Err(e) => panic!("the router sent no response: {e}"),
+    };
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let before = open.requests().len();
+    let req = Request::get("http://open-app.herokuapp.com/h2")
+        .body(empty())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(open.requests().len(), before + 1);
+}
+
+#[tokio::test]
+async fn issue_9_a_malformed_chunked_body_is_a_400_of_the_client_not_an_h27() {
+    let open = Dyno::start("open-app").await;
+    let router = open_app(&[("web.1", open.addr)]).await;
+    let id = new_id();
+    // A valid first chunk, then a chunk size that is no hex number.
+    let request = format!(
+        "POST /upload HTTP/1.1\r\n{OPEN}X-Request-Id: {id}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"
+    );
+    let (reply, _) = raw_exchange(router.http, SPACE, request.as_bytes()).await;
+    assert_eq!(reply.expect("a response").status, 400);
+    let log = log_line(&id).await;
+    assert_eq!(
+        (log.get("status"), log.get("fault")),
+        ("400", "downstream"),
+        "{}",
+        log.line
+    );
+    assert!(!log.line.contains("H27"), "{}", log.line);
+    assert_eq!(log_count(&id), 1);
+}

@@ -14,6 +14,22 @@ use tokio::time::{Instant, Sleep};
 
 use super::upstream::BoxError;
 
+/// Whether a body error is a framing error of the sender's (hyper's decoder reports a bad chunk
+/// as invalid data or input; a connection that ends early is an unexpected EOF).
+fn malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The error a body gives when nothing flowed for the idle timeout.
 #[derive(Debug)]
 pub struct IdleTimeout;
@@ -97,6 +113,8 @@ pub enum Outcome {
     Idle,
     /// The upstream failed mid-body.
     Failed,
+    /// The client's body was malformed (a bad chunk): its fault, not a disconnect.
+    Malformed,
     /// The client went away before the end.
     Dropped,
 }
@@ -151,6 +169,7 @@ where
                 }
             }
             Some(Err(e)) if e.is::<IdleTimeout>() => this.finish(Outcome::Idle),
+            Some(Err(e)) if malformed(&**e) => this.finish(Outcome::Malformed),
             Some(Err(_)) => this.finish(Outcome::Failed),
             None => this.finish(Outcome::Complete),
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hickory_proto::rr::Name;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -64,7 +64,7 @@ pub async fn handle(
         host: host_of(&req).unwrap_or_default(),
         protocol: downstream.protocol,
         request_id: request_id(req.headers()),
-        fwd: forwarded_for(req.headers(), downstream.peer.ip()),
+        fwd: forwarded_for(req.headers(), downstream.peer.ip().to_canonical()),
         ..Record::default()
     };
     // Logs H27 if hyper drops this future because the client went away.
@@ -141,6 +141,7 @@ pub async fn handle(
             match sent_rx.wait_for(Option::is_some).await.map(|end| *end) {
                 Ok(Some(Outcome::Idle)) => RouterError::CLIENT_IDLE,
                 Ok(Some(Outcome::Failed)) => RouterError::CLIENT_GONE,
+                Ok(Some(Outcome::Malformed)) => RouterError::BAD_REQUEST,
                 _ => {
                     tokio::time::sleep(response_timeout).await;
                     RouterError::TIMEOUT
@@ -158,6 +159,7 @@ pub async fn handle(
                 let error = match *sent.borrow() {
                     Some(Outcome::Idle) => RouterError::CLIENT_IDLE,
                     Some(Outcome::Failed) => RouterError::CLIENT_GONE,
+                    Some(Outcome::Malformed) => RouterError::BAD_REQUEST,
                     _ if reused && retryable && !retried => {
                         retried = true;
                         continue;
@@ -171,6 +173,13 @@ pub async fn handle(
 
     record.status = response.status().as_u16();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 must switch to what was asked, WebSocket on an upgrade request; anything else
+        // would turn the connection into a tunnel past routing, headers, logs and timeouts.
+        let websocket = (response.headers().get(header::UPGRADE))
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if client_upgrade.is_none() || !websocket {
+            return Ok(pending.fail(RouterError::CLOSED, &mut record));
+        }
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client, upstream));
@@ -198,7 +207,9 @@ pub async fn handle(
             match outcome {
                 Outcome::Complete => pool.upstreams.checkin(addr, sender),
                 Outcome::Idle => record.error = Some(RouterError::IDLE),
-                Outcome::Failed => record.error = Some(RouterError::INTERRUPTED),
+                Outcome::Failed | Outcome::Malformed => {
+                    record.error = Some(RouterError::INTERRUPTED)
+                }
                 Outcome::Dropped => record.error = Some(RouterError::CLIENT_GONE),
             }
             served(&pool.metrics, &record);
@@ -317,14 +328,15 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-/// The host a request is for: the Host header (HTTP/1) or `:authority` (HTTP/2), lower-case,
-/// without a port or a trailing dot.
+/// The host a request is for, lower-case, without a port or a trailing dot: the request
+/// target's authority when it has one (an absolute-form target, which wins over Host, RFC 9112
+/// §3.2.2; HTTP/2's `:authority`), else the Host header. A host with userinfo
+/// (`internal@standard`) is returned whole, so that it routes nowhere and is a 400.
 pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.headers().get(header::HOST) {
-        Some(h) => h.to_str().ok()?,
-        None => req.uri().authority()?.as_str(),
+    let host = match req.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let host = raw.rsplit('@').next()?;
     let host = match host.rfind(':') {
         Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
             &host[..i]
@@ -335,14 +347,13 @@ pub fn host_of<B>(req: &Request<B>) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Rejects what could make the router and a dyno disagree about where a request ends: both
-/// Content-Length and Transfer-Encoding, differing Content-Lengths, several Host headers. Also
-/// lines over [`MAX_LINE`]. (hyper itself rejects obs-fold and malformed framing.)
+/// Rejects what could make the router and a dyno disagree about where a request ends or whom
+/// it is for: differing Content-Lengths, several Host headers, an HTTP/2 `host` that is not its
+/// `:authority`. Also lines over [`MAX_LINE`]. hyper itself rejects obs-fold and malformed
+/// framing, and decodes a request with both Content-Length and Transfer-Encoding by the latter
+/// alone, dropping the former (RFC 9112 §6.3), before the router sees it.
 pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(RouterError::BAD_REQUEST);
-    }
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next()
         && lengths.any(|l| l != first)
@@ -350,6 +361,15 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
         return Err(RouterError::BAD_REQUEST);
     }
     if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(RouterError::BAD_REQUEST);
+    }
+    // RFC 9113 §8.3.1: a `host` that differs from `:authority` makes the request malformed.
+    if req.version() == Version::HTTP_2
+        && let (Some(host), Some(authority)) = (h.get(header::HOST), req.uri().authority())
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
         return Err(RouterError::BAD_REQUEST);
     }
     if req.method().as_str().len() + req.uri().to_string().len() + 10 > MAX_LINE {
@@ -409,7 +429,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` and `Connection: upgrade`
 /// survive on an upgrade request.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -418,6 +438,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authenticate",
+    "proxy-authorization",
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -448,11 +469,20 @@ fn upstream_headers(
 ) -> HeaderMap {
     let mut h = client.clone();
     strip_hop_by_hop(&mut h, upgrade);
-    if !h.contains_key(header::HOST)
-        && let Some(authority) = uri.authority()
+    // What a client says about earlier hops, other than X-Forwarded-For (appended to), is not
+    // ours to vouch for: a dyno reads only what the router sets.
+    for name in ["forwarded", "x-forwarded-host", "x-real-ip"] {
+        h.remove(name);
+    }
+    // The authority of the target the request was routed by is the Host the dyno sees.
+    if let Some(authority) = uri.authority()
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         h.insert(header::HOST, v);
+    }
+    if upgrade {
+        // Only WebSocket is asked of the dyno, whatever else the client listed.
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let mut set = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -527,8 +557,6 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        let both = req(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
-        assert_eq!(check_framing(&both), Err(RouterError::BAD_REQUEST));
         let differing = req(&[("content-length", "5"), ("content-length", "6")]);
         assert_eq!(check_framing(&differing), Err(RouterError::BAD_REQUEST));
         let same = req(&[("content-length", "5"), ("content-length", "5")]);
