@@ -2548,3 +2548,48 @@ async fn issue_9_a_malformed_chunked_body_is_a_400_of_the_client_not_an_h27() {
     assert!(!log.line.contains("H27"), "{}", log.line);
     assert_eq!(log_count(&id), 1);
 }
+
+#[tokio::test]
+async fn issue_9_pooled_connections_to_a_dyno_removed_by_a_reload_are_closed() {
+    // Dyno A: answers one request and keeps the connection, reporting when the router closes it.
+    let a = TcpListener::bind((dyno_ip(), 0)).await.unwrap();
+    let a_addr = a.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = a.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+        let _ = closed_tx.send(());
+    });
+    let b = Dyno::start("web.1").await;
+    let router = open_app(&[("web.1", a_addr)]).await;
+    assert_eq!(
+        fetch(router.http, SPACE, "open-app.herokuapp.com")
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // A reload replaces A with B; once the pool's idle time has passed, the next request that
+    // returns a connection to the pool sweeps A's out.
+    router.rewrite(alpha(&[app(
+        "open-app",
+        &["domains: [open.example.org]"],
+        &[("web.1", b.addr)],
+    )]));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        fetch(router.http, SPACE, "open-app.herokuapp.com")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), closed_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(()))),
+        "the pooled connection to A is still open"
+    );
+}

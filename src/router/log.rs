@@ -190,6 +190,26 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// The short HTML page of a router error.
+pub fn error_page(e: RouterError, request_id: &str) -> String {
+    let (title, text) = match e.status {
+        404 => ("No such app", "There is no app at this address."),
+        400 | 414 | 431 => ("Bad request", "The request could not be understood."),
+        _ => (
+            "Application error",
+            "An error occurred in the application and your page could not be served.",
+        ),
+    };
+    let code = if e.code.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", e.code)
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1><p>{text}{code}</p><p>Request ID: {request_id}</p></body></html>\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

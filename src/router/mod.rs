@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod headers;
 pub mod idle;
 pub mod log;
 pub mod proxy;
@@ -13,7 +14,6 @@ pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -81,8 +81,6 @@ pub struct Router {
     timeouts: Timeouts,
     /// Who may open another connection.
     gate: Arc<Gate>,
-    /// Where the round robin over web dynos stands.
-    next: AtomicUsize,
 }
 
 impl Router {
@@ -98,7 +96,6 @@ impl Router {
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
             gate: Gate::new(Capacity::default()),
-            next: AtomicUsize::new(0),
         }
     }
 

@@ -6,18 +6,19 @@
 //! otherwise); connect to the next web dyno in round-robin order, skipping ones that refuse
 //! (H10 when none accepts, H14 when there are none); send the request with the proxy headers;
 //! wait for response headers (H12 after the timeout, H13 if the dyno hangs up); stream the
-//! response back. The request keeps the snapshot it started with.
+//! response back. The request keeps the snapshot it started with. This file is the request's
+//! lifecycle; the header rules are in `headers`, the error catalog and its pages in `log`, the
+//! dyno rotation and pool in `upstream`.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hickory_proto::rr::Name;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -27,13 +28,14 @@ use tracing::{debug, info};
 
 use super::Router;
 use super::body::{Idle, Outcome, Tail};
-use super::log::{Record, RouterError};
-use super::upstream::{ConnectError, ProxyBody};
+use super::headers::{
+    check_framing, forwarded_for, host_of, is_upgrade, request_id, strip_hop_by_hop,
+    upstream_headers,
+};
+use super::log::{Record, RouterError, error_page};
+use super::upstream::{self, ConnectError, ProxyBody};
 use crate::metrics::Metrics;
 use crate::snapshot::Endpoint;
-
-/// The longest request line and header line accepted, as on Heroku.
-pub const MAX_LINE: usize = 8192;
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
@@ -227,19 +229,8 @@ async fn connect(
     record: &mut Record,
     upgrade: bool,
 ) -> Option<(SocketAddr, SendRequest<ProxyBody>, bool)> {
-    // One rotation for every app: the snapshot holds no counters, and requests for one app
-    // still take its dynos in turn.
-    let start = router.next.fetch_add(1, Ordering::Relaxed);
-    let mut order: Vec<_> = (0..web.len())
-        .map(|i| &web[(start + i) % web.len()])
-        .collect();
-    order.sort_by_key(|d| {
-        router
-            .upstreams
-            .is_down(SocketAddr::new(d.ip, d.port.unwrap_or(0)))
-    });
-    for dyno in order {
-        let addr = SocketAddr::new(dyno.ip, dyno.port.unwrap_or(0));
+    for dyno in router.upstreams.order(web) {
+        let addr = upstream::address(dyno);
         match router.upstreams.checkout(addr, upgrade).await {
             Ok((sender, took, reused)) => {
                 record.connect = took;
@@ -325,314 +316,5 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!(error = %e, "tunnel ended");
-    }
-}
-
-/// The host a request is for, lower-case, without a port or a trailing dot: the request
-/// target's authority when it has one (an absolute-form target, which wins over Host, RFC 9112
-/// §3.2.2; HTTP/2's `:authority`), else the Host header. A host with userinfo
-/// (`internal@standard`) is returned whole, so that it routes nowhere and is a 400.
-pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let host = match req.uri().authority() {
-        Some(authority) => authority.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    let host = match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
-            &host[..i]
-        }
-        _ => host,
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
-}
-
-/// Rejects what could make the router and a dyno disagree about where a request ends or whom
-/// it is for: differing Content-Lengths, several Host headers, an HTTP/2 `host` that is not its
-/// `:authority`. Also lines over [`MAX_LINE`]. hyper itself rejects obs-fold and malformed
-/// framing, and decodes a request with both Content-Length and Transfer-Encoding by the latter
-/// alone, dropping the former (RFC 9112 §6.3), before the router sees it.
-pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
-    let h = req.headers();
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next()
-        && lengths.any(|l| l != first)
-    {
-        return Err(RouterError::BAD_REQUEST);
-    }
-    if h.get_all(header::HOST).iter().count() > 1 {
-        return Err(RouterError::BAD_REQUEST);
-    }
-    // RFC 9113 §8.3.1: a `host` that differs from `:authority` makes the request malformed.
-    if req.version() == Version::HTTP_2
-        && let (Some(host), Some(authority)) = (h.get(header::HOST), req.uri().authority())
-        && !host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
-    {
-        return Err(RouterError::BAD_REQUEST);
-    }
-    if req.method().as_str().len() + req.uri().to_string().len() + 10 > MAX_LINE {
-        return Err(RouterError::URI_TOO_LONG);
-    }
-    if h.iter()
-        .any(|(n, v)| n.as_str().len() + v.len() + 2 > MAX_LINE)
-    {
-        return Err(RouterError::TOO_LARGE);
-    }
-    Ok(())
-}
-
-/// The client's X-Request-Id if it is 20–200 of `[A-Za-z0-9+=/-]`, else a new UUID.
-pub fn request_id(headers: &HeaderMap) -> String {
-    let valid = |v: &&str| {
-        (20..=200).contains(&v.len())
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
-    };
-    match headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(valid)
-    {
-        Some(id) => id.to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
-    }
-}
-
-/// The X-Forwarded-For to send: the client's, with the peer appended.
-fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> String {
-    let before: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    match before.is_empty() {
-        true => peer.to_string(),
-        false => format!("{}, {peer}", before.join(", ")),
-    }
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    let connection_upgrade = (headers.get_all(header::CONNECTION).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    // Only WebSocket passes through; an `Upgrade: h2c` (or anything else) is a hop-by-hop
-    // header like any other, and the request goes to the dyno as plain HTTP/1.1.
-    let websocket = (headers.get_all(header::UPGRADE).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
-    connection_upgrade && websocket
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` and `Connection: upgrade`
-/// survive on an upgrade request.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = (headers.get_all(header::CONNECTION).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().map(HeaderName::as_str).chain(HOP_BY_HOP) {
-        if upgrade && (name == "upgrade" || name == "connection") {
-            continue;
-        }
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// The request headers a dyno sees: the client's without hop-by-hop headers, plus the proxy
-/// headers of Heroku's router.
-fn upstream_headers(
-    client: &HeaderMap,
-    uri: &Uri,
-    record: &Record,
-    downstream: &Downstream,
-    upgrade: bool,
-) -> HeaderMap {
-    let mut h = client.clone();
-    strip_hop_by_hop(&mut h, upgrade);
-    // What a client says about earlier hops, other than X-Forwarded-For (appended to), is not
-    // ours to vouch for: a dyno reads only what the router sets.
-    for name in ["forwarded", "x-forwarded-host", "x-real-ip"] {
-        h.remove(name);
-    }
-    // The authority of the target the request was routed by is the Host the dyno sees.
-    if let Some(authority) = uri.authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        h.insert(header::HOST, v);
-    }
-    if upgrade {
-        // Only WebSocket is asked of the dyno, whatever else the client listed.
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    set("x-forwarded-for", record.fwd.clone());
-    set("x-forwarded-proto", downstream.protocol.to_string());
-    set("x-forwarded-port", downstream.local_port.to_string());
-    set("x-request-id", record.request_id.clone());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    set("x-request-start", now.as_millis().to_string());
-    let via = match client.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, 1.1 spaceroute"),
-        None => "1.1 spaceroute".to_string(),
-    };
-    set("via", via);
-    h
-}
-
-/// The short HTML page of a router error.
-fn error_page(e: RouterError, request_id: &str) -> String {
-    let (title, text) = match e.status {
-        404 => ("No such app", "There is no app at this address."),
-        400 | 414 | 431 => ("Bad request", "The request could not be understood."),
-        _ => (
-            "Application error",
-            "An error occurred in the application and your page could not be served.",
-        ),
-    };
-    let code = if e.code.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", e.code)
-    };
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1><p>{text}{code}</p><p>Request ID: {request_id}</p></body></html>\n"
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().uri("/x?y=1");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap()
-    }
-
-    #[test]
-    fn host_drops_port_case_and_trailing_dot() {
-        assert_eq!(
-            host_of(&req(&[("host", "Frozen-Oasis.HerokuApp.com:8080")])).as_deref(),
-            Some("frozen-oasis.herokuapp.com")
-        );
-        assert_eq!(
-            host_of(&req(&[("host", "api.example.com.")])).as_deref(),
-            Some("api.example.com")
-        );
-        let h2 = Request::builder()
-            .uri("https://API.example.com:443/")
-            .body(())
-            .unwrap();
-        assert_eq!(host_of(&h2).as_deref(), Some("api.example.com"));
-        assert_eq!(host_of(&req(&[])), None);
-    }
-
-    #[test]
-    fn ambiguous_framing_is_refused() {
-        let differing = req(&[("content-length", "5"), ("content-length", "6")]);
-        assert_eq!(check_framing(&differing), Err(RouterError::BAD_REQUEST));
-        let same = req(&[("content-length", "5"), ("content-length", "5")]);
-        assert_eq!(check_framing(&same), Ok(()));
-        let hosts = req(&[("host", "a.example.com"), ("host", "b.example.com")]);
-        assert_eq!(check_framing(&hosts), Err(RouterError::BAD_REQUEST));
-        let long = "a".repeat(MAX_LINE);
-        assert_eq!(
-            check_framing(&req(&[("x-long", &long)])),
-            Err(RouterError::TOO_LARGE)
-        );
-    }
-
-    #[test]
-    fn only_websocket_upgrades_pass_through() {
-        let ws = req(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "WebSocket"),
-        ]);
-        assert!(is_upgrade(ws.headers()));
-        let h2c = req(&[
-            ("connection", "Upgrade, HTTP2-Settings"),
-            ("upgrade", "h2c"),
-        ]);
-        assert!(!is_upgrade(h2c.headers()));
-        let mut headers = h2c.headers().clone();
-        strip_hop_by_hop(&mut headers, false);
-        assert!(headers.is_empty(), "{headers:?}");
-    }
-
-    #[test]
-    fn request_ids_are_kept_only_when_well_formed() {
-        let good = "abcdefghij0123456789+/=-";
-        assert_eq!(request_id(req(&[("x-request-id", good)]).headers()), good);
-        for bad in [
-            "short",
-            "has spaces in it 0123456789",
-            &"a".repeat(201),
-            "ünïcode-0123456789abcdef",
-        ] {
-            let id = request_id(req(&[("x-request-id", bad)]).headers());
-            assert_ne!(id, bad);
-            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
-        }
-    }
-
-    #[test]
-    fn proxy_headers_are_added_and_hop_by_hop_removed() {
-        let client = req(&[
-            ("x-forwarded-for", "1.2.3.4"),
-            ("connection", "keep-alive, x-secret"),
-            ("x-secret", "s"),
-            ("te", "trailers"),
-            ("keep-alive", "timeout=5"),
-            ("x-app", "kept"),
-        ]);
-        let down = Downstream {
-            peer: "127.16.0.5:4000".parse().unwrap(),
-            local_port: 8443,
-            protocol: "https",
-        };
-        let record = Record {
-            fwd: forwarded_for(client.headers(), down.peer.ip()),
-            request_id: "r".repeat(20),
-            ..Record::default()
-        };
-        let h = upstream_headers(client.headers(), client.uri(), &record, &down, false);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.16.0.5");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-port"], "8443");
-        assert_eq!(h["via"], "1.1 spaceroute");
-        assert_eq!(h["x-app"], "kept");
-        for gone in ["connection", "x-secret", "te", "keep-alive"] {
-            assert!(!h.contains_key(gone), "{gone}");
-        }
-        let start: u128 = h["x-request-start"].to_str().unwrap().parse().unwrap();
-        assert!(start > 1_600_000_000_000);
     }
 }

@@ -1,5 +1,8 @@
-//! Connections to dynos (upstreams): a keep-alive pool per dyno address, the connect timeout,
-//! and the down marks that make the router skip a dyno that refused a connection.
+//! Connections to dynos (upstreams): the round robin over an app's web dynos, a keep-alive pool
+//! per dyno address, the connect timeout, and the down marks that make the router skip a dyno
+//! that refused a connection. All the router's mutable state about dynos lives here, none in
+//! the snapshot. Pooled connections and down marks expire and are swept, so a dyno a reload
+//! removed leaves nothing behind.
 //!
 //! HTTP/1.1 only, as Heroku's router speaks to dynos. A pooled connection is handed out again
 //! only once the response it carried has been read to the end (the response body returns it);
@@ -9,6 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +21,13 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
+
+use crate::snapshot::Endpoint;
+
+/// Where a dyno listens.
+pub fn address(dyno: &Endpoint) -> SocketAddr {
+    SocketAddr::new(dyno.ip, dyno.port.unwrap_or(0))
+}
 
 /// Errors carried by proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +61,10 @@ pub enum ConnectError {
 pub struct Upstreams {
     idle: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
     down: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Where the round robin stands: one rotation for every app.
+    next: AtomicUsize,
+    /// When the pool and the down marks were last swept.
+    swept: Mutex<Instant>,
     connect_timeout: Duration,
     down_for: Duration,
 }
@@ -60,6 +75,8 @@ impl Upstreams {
         Upstreams {
             idle: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            swept: Mutex::new(Instant::now()),
             connect_timeout,
             down_for,
         }
@@ -121,16 +138,56 @@ impl Upstreams {
         sender
     }
 
+    /// The order in which to try `web` dynos: the next in the rotation first, dynos marked
+    /// down last. Requests for one app take its dynos in turn.
+    pub fn order<'w>(&self, web: &'w [Endpoint]) -> Vec<&'w Endpoint> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<_> = (0..web.len())
+            .map(|i| &web[(start + i) % web.len()])
+            .collect();
+        order.sort_by_key(|d| self.is_down(address(d)));
+        order
+    }
+
     /// Returns a connection whose response has been read to the end, for reuse.
     pub fn checkin(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
+        self.sweep();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let senders = idle.entry(addr).or_default();
         if senders.len() < MAX_IDLE_PER_DYNO {
             senders.push((sender, Instant::now()));
         }
+    }
+
+    /// Drops, at most once per [`IDLE_FOR`], every pooled connection idle that long and every
+    /// expired down mark, whichever dyno they belong to.
+    fn sweep(&self) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.elapsed() < IDLE_FOR {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, senders| {
+            senders.retain(|(_, since)| since.elapsed() < IDLE_FOR);
+            !senders.is_empty()
+        });
+        drop(idle);
+        let now = Instant::now();
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|_, until| *until > now);
+    }
+
+    /// Dynos the pool holds connections to, and dynos marked down (for tests and metrics).
+    pub fn held(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (idle, down)
     }
 
     /// Marks `addr` down: it is tried last until `down_for` has passed.
