@@ -310,8 +310,9 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
     }
     let mut serials = old.serials.clone();
     serials.assign(&old.prints, &prints, unix_now());
-    let mut kept: HashMap<PathBuf, Kept> = HashMap::new();
-    let fresh = (spaces.into_iter()).map(|(space, source)| {
+    let reused_count = reused.len();
+    let mut kept: HashMap<PathBuf, Kept> = reused.into_iter().collect();
+    kept.extend(spaces.into_iter().map(|(space, source)| {
         let view = Arc::new(snapshot::compile_space(&space, |key| serials.get(key)));
         let kept = Kept {
             hash: source.hash,
@@ -320,11 +321,7 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
             counts: (space.apps.len(), space.names_served()),
         };
         (source.path.clone(), kept)
-    });
-    let fresh: Vec<_> = fresh.collect();
-    let reused_count = reused.len();
-    kept.extend(reused);
-    kept.extend(fresh);
+    }));
     let mut views: Vec<Arc<SpaceView>> = kept.values().map(|k| k.view.clone()).collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     let snapshot = snapshot::assemble(views);

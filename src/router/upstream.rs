@@ -183,13 +183,6 @@ impl Upstreams {
         down.retain(|_, until| *until > now);
     }
 
-    /// Dynos the pool holds connections to, and dynos marked down (for tests and metrics).
-    pub fn held(&self) -> (usize, usize) {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner()).len();
-        (idle, down)
-    }
-
     /// Marks `addr` down: it is tried last until `down_for` has passed.
     pub fn mark_down(&self, addr: SocketAddr) {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
