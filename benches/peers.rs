@@ -78,7 +78,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 mod common;
 
-use common::{Proc, find_tool, free_port, median, si, stat_fields, tree};
+use common::{Proc, Rng, find_tool, free_port, median, si, stat_fields, tree};
 
 /// Apps in the zone, `app-0` .. `app-{APPS-1}`.
 const APPS: usize = 1000;
@@ -679,18 +679,6 @@ fn query_bytes(name: &str) -> Vec<u8> {
     e.set_max_payload(1232);
     m.edns = Some(e);
     m.to_vec().expect("encode")
-}
-
-/// xorshift64: cheap, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// What a load run saw.

@@ -70,7 +70,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 mod common;
 
-use common::{Proc, find_tool, free_port, median, si, stat_fields, tree};
+use common::{Proc, Rng, find_tool, free_port, median, si, stat_fields, tree};
 
 /// Where every server listens.
 const LISTEN: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -381,18 +381,6 @@ fn writer(path: &Path) -> BufWriter<std::fs::File> {
         1 << 20,
         std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
-}
-
-/// xorshift64: cheap, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

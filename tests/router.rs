@@ -2360,9 +2360,12 @@ fn raise_own_open_files() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_9_under_1024_open_files_a_flood_of_1100_idle_connections_starves_no_one_trusted() {
-    if raise_own_open_files() < 4096 {
-        return eprintln!("skipped: this process may not open 4096 files");
-    }
+    // The flood needs ~1,500 descriptors in this process; as root (CI) the hard limit allows it.
+    let limit = raise_own_open_files();
+    assert!(
+        limit >= 2048,
+        "this test needs 2048 open files, the hard limit is {limit}"
+    );
     let dir = common::copy_dir(&common::fixture_dir());
     let b = common::Binary::start_limited(dir.path(), &["--metrics", "127.0.0.1:0"], 1024);
     let http = b.http.unwrap();

@@ -1,5 +1,6 @@
 //! What the peer benches share: starting and stopping the programs they compare against (by
-//! PID only, descendants included), finding them, free loopback ports, and reading `/proc`.
+//! PID only, descendants included), finding them, free loopback ports, reading `/proc`, and a
+//! reproducible random source for the data they generate.
 
 #![allow(dead_code)] // each bench uses a part
 
@@ -211,5 +212,18 @@ pub fn si(x: f64) -> String {
         format!("{:.1}k", x / 1000.0)
     } else {
         format!("{x:.0}")
+    }
+}
+
+/// xorshift64: cheap, reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
     }
 }
