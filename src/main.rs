@@ -26,6 +26,7 @@ use spaceroute::config;
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
 use spaceroute::router::admission::Capacity;
+use spaceroute::router::logger::{Batched, RequestLog};
 use spaceroute::router::{self, Listener, Router, Timeouts};
 use spaceroute::snapshot;
 
@@ -284,7 +285,8 @@ async fn serve(args: Serve) -> ExitCode {
         "connection caps"
     );
     let router = Router::new(reloader.snapshot(), Timeouts::default(), metrics.clone());
-    let router = Arc::new(router.with_capacity(capacity));
+    let router = router.with_capacity(capacity).with_log(request_log());
+    let router = Arc::new(router);
     let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
     for listener in metrics_listeners {
         tokio::spawn(spaceroute::metrics::serve(
@@ -310,4 +312,19 @@ async fn serve(args: Serve) -> ExitCode {
     reloads.abort();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The router's request log: batched to stderr off the workers while its level is on (see
+/// `router::logger`), else through `tracing`, which then filters it out.
+fn request_log() -> RequestLog {
+    if !tracing::enabled!(target: "spaceroute::router", tracing::Level::INFO) {
+        return RequestLog::Tracing;
+    }
+    match Batched::start() {
+        Ok(batched) => RequestLog::Batched(batched),
+        Err(e) => {
+            warn!("router: cannot start the request log writer ({e}); logging through tracing");
+            RequestLog::Tracing
+        }
+    }
 }

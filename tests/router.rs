@@ -189,7 +189,12 @@ fn log_count(request_id: &str) -> usize {
 
 /// A new request id the router keeps (20–200 of `[A-Za-z0-9+=/-]`).
 fn new_id() -> String {
-    format!("test-{}", uuid::Uuid::new_v4().simple())
+    format!(
+        "test-{}",
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .simple()
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

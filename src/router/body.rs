@@ -43,11 +43,14 @@ impl std::fmt::Display for IdleTimeout {
 impl std::error::Error for IdleTimeout {}
 
 /// A body that fails with [`IdleTimeout`] when no frame arrives for `idle`; each frame resets
-/// the clock (Heroku's 55 s rolling window).
+/// the clock (Heroku's 55 s rolling window). The timer is armed only when the body has to wait,
+/// so a body whose frames are ready at once never touches the timer wheel.
 pub struct Idle<B> {
     inner: Pin<Box<B>>,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// When the last frame came (or the body was made).
+    last: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Idle<B> {
@@ -56,7 +59,8 @@ impl<B> Idle<B> {
         Idle {
             inner: Box::pin(inner),
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            last: Instant::now(),
+            timer: None,
         }
     }
 }
@@ -76,12 +80,17 @@ where
         let this = &mut *self;
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.last = Instant::now();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
+                let deadline = this.last + this.idle;
+                let timer = (this.timer)
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Box::new(IdleTimeout))))
             }
         }

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 
@@ -59,7 +60,11 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), RouterError> {
     {
         return Err(RouterError::BAD_REQUEST);
     }
-    if req.method().as_str().len() + req.uri().to_string().len() + 10 > MAX_LINE {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if req.method().as_str().len() + target + 10 > MAX_LINE {
         return Err(RouterError::URI_TOO_LONG);
     }
     if h.iter()
@@ -78,19 +83,22 @@ pub fn request_id(headers: &HeaderMap) -> String {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
     };
     match headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(valid)
     {
         Some(id) => id.to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
+        // From a thread-local generator: no system call per request.
+        None => uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .to_string(),
     }
 }
 
 /// The X-Forwarded-For to send: the client's, with the peer appended.
 pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> String {
     let before: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
@@ -115,18 +123,34 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     connection_upgrade && websocket
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` and `Connection: upgrade`
 /// survive on an upgrade request.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// What a client says about earlier hops, other than X-Forwarded-For (appended to), is not ours
+/// to vouch for: a dyno reads only what the router sets.
+const CLIENT_FORWARDING: [HeaderName; 3] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 /// Drops hop-by-hop headers and those `Connection` names; an upgrade keeps its two.
@@ -136,8 +160,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().map(HeaderName::as_str).chain(HOP_BY_HOP) {
-        if upgrade && (name == "upgrade" || name == "connection") {
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        if upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
         headers.remove(name);
@@ -158,9 +182,7 @@ pub fn upstream_headers(
 ) -> HeaderMap {
     let mut h = client.clone();
     strip_hop_by_hop(&mut h, upgrade);
-    // What a client says about earlier hops, other than X-Forwarded-For (appended to), is not
-    // ours to vouch for: a dyno reads only what the router sets.
-    for name in ["forwarded", "x-forwarded-host", "x-real-ip"] {
+    for name in &CLIENT_FORWARDING {
         h.remove(name);
     }
     // The authority of the target the request was routed by is the Host the dyno sees.
@@ -173,24 +195,26 @@ pub fn upstream_headers(
         // Only WebSocket is asked of the dyno, whatever else the client listed.
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+    let mut set = |name: HeaderName, value: String| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             h.insert(name, v);
         }
     };
-    set("x-forwarded-for", record.fwd.clone());
-    set("x-forwarded-proto", downstream.protocol.to_string());
-    set("x-forwarded-port", downstream.local_port.to_string());
-    set("x-request-id", record.request_id.clone());
+    set(X_FORWARDED_FOR, record.fwd.clone());
+    set(X_REQUEST_ID, record.request_id.clone());
+    set(X_FORWARDED_PORT, downstream.local_port.to_string());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    set("x-request-start", now.as_millis().to_string());
-    let via = match client.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, 1.1 spaceroute"),
-        None => "1.1 spaceroute".to_string(),
-    };
-    set("via", via);
+    set(X_REQUEST_START, now.as_millis().to_string());
+    match client.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(before) => set(header::VIA, format!("{before}, 1.1 spaceroute")),
+        None => drop(h.insert(header::VIA, HeaderValue::from_static("1.1 spaceroute"))),
+    }
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(downstream.protocol),
+    );
     h
 }
 

@@ -15,49 +15,51 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-/// When bytes last moved on one connection.
-#[derive(Debug, Clone)]
+/// Whether bytes moved on one connection.
+#[derive(Debug, Clone, Default)]
 pub struct Activity {
-    start: Instant,
-    /// Milliseconds after `start` of the last byte, plus one; 0 before the first.
-    last: Arc<AtomicU64>,
+    /// Bumped whenever bytes move: a counter, not a clock, so that a read or write costs no
+    /// clock read.
+    moved: Arc<AtomicU64>,
 }
+
+/// The deadline is checked this many times per idle period, so a connection closes between
+/// `idle` and `idle * (1 + 1/CHECKS)` after its last byte.
+const CHECKS: u32 = 4;
 
 impl Activity {
     /// A connection accepted now.
     pub fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last: Arc::default(),
-        }
+        Activity::default()
     }
 
     fn touch(&self) {
-        let at = self.start.elapsed().as_millis() as u64 + 1;
-        self.last.store(at, Ordering::Relaxed);
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Resolves when the connection has sent nothing for `first` since it was accepted, or,
-    /// once bytes moved, when none has for `idle`.
+    /// once bytes moved, when none has for `idle` (give or take a quarter of it).
     pub async fn expired(&self, first: Duration, idle: Duration) {
-        loop {
-            let deadline = match self.last.load(Ordering::Relaxed) {
-                0 => self.start + first,
-                at => self.start + Duration::from_millis(at - 1) + idle,
-            };
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
+        tokio::time::sleep(first).await;
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        if seen == 0 {
+            return;
         }
-    }
-}
-
-impl Default for Activity {
-    fn default() -> Activity {
-        Activity::new()
+        let step = idle / CHECKS;
+        let mut quiet = Duration::ZERO;
+        loop {
+            tokio::time::sleep(step).await;
+            let now = self.moved.load(Ordering::Relaxed);
+            if now == seen {
+                quiet += step;
+                if quiet >= idle {
+                    return;
+                }
+            } else {
+                (seen, quiet) = (now, Duration::ZERO);
+            }
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use http::Method;
+
 /// Whose fault an error is (pingora's idea, reduced to one field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -128,7 +130,7 @@ impl RouterError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// HTTP method.
-    pub method: String,
+    pub method: Method,
     /// Path and query as requested.
     pub path: String,
     /// The Host the client asked for.
@@ -137,8 +139,8 @@ pub struct Record {
     pub request_id: String,
     /// The client address (and any X-Forwarded-For before it).
     pub fwd: String,
-    /// The dyno that served, e.g. `web.1`.
-    pub dyno: String,
+    /// The web dyno that served (`web.<n>` in the log), once one accepted a connection.
+    pub dyno: Option<u32>,
     /// Time to get a connection to the dyno.
     pub connect: Duration,
     /// Time from the request to the end of the response.
@@ -164,13 +166,19 @@ impl fmt::Display for Record {
         }
         write!(
             f,
-            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
+            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno=",
             self.method,
-            escape(&self.path),
+            Escaped(&self.path),
             self.host,
             self.request_id,
-            escape(&self.fwd),
-            self.dyno,
+            Escaped(&self.fwd),
+        )?;
+        if let Some(n) = self.dyno {
+            write!(f, "web.{n}")?;
+        }
+        write!(
+            f,
+            " connect={}ms service={}ms status={} bytes={} protocol={}",
             self.connect.as_millis(),
             self.service.as_millis(),
             self.status,
@@ -184,10 +192,22 @@ impl fmt::Display for Record {
     }
 }
 
-/// Quotes and backslashes escaped, so a quoted value (a path, X-Forwarded-For) cannot forge
-/// fields. Unquoted values (host, request id) are checked by the proxy before they get here.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+/// A value with quotes and backslashes escaped, so a quoted value (a path, X-Forwarded-For)
+/// cannot forge fields. Unquoted values (host, request id) are checked by the proxy before they
+/// get here.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"']) {
+            f.write_str(&rest[..i])?;
+            f.write_str("\\")?;
+            f.write_str(&rest[i..i + 1])?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
 }
 
 /// The short HTML page of a router error.
@@ -216,12 +236,12 @@ mod tests {
 
     fn record() -> Record {
         Record {
-            method: "GET".into(),
+            method: Method::GET,
             path: "/".into(),
             host: "frozen-oasis-70544.herokuapp.com".into(),
             request_id: "8601b555-6a83-4c12-96d2-b8e9bd1e7e4a".into(),
             fwd: "10.16.0.5".into(),
-            dyno: "web.1".into(),
+            dyno: Some(1),
             connect: Duration::from_millis(1),
             service: Duration::from_millis(12),
             status: 200,

@@ -9,6 +9,7 @@ pub mod body;
 pub mod headers;
 pub mod idle;
 pub mod log;
+pub mod logger;
 pub mod proxy;
 pub mod tls;
 pub mod upstream;
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use admission::{Capacity, Gate};
 use idle::{Activity, Watched};
+use logger::RequestLog;
 use proxy::Downstream;
 use upstream::Upstreams;
 
@@ -81,6 +83,8 @@ pub struct Router {
     timeouts: Timeouts,
     /// Who may open another connection.
     gate: Arc<Gate>,
+    /// Where request log lines go.
+    log: RequestLog,
 }
 
 impl Router {
@@ -96,12 +100,19 @@ impl Router {
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
             gate: Gate::new(Capacity::default()),
+            log: RequestLog::default(),
         }
     }
 
     /// The same router holding at most `capacity` client connections.
     pub fn with_capacity(mut self, capacity: Capacity) -> Router {
         self.gate = Gate::new(capacity);
+        self
+    }
+
+    /// The same router writing its request log to `log`.
+    pub fn with_log(mut self, log: RequestLog) -> Router {
+        self.log = log;
         self
     }
 }
@@ -131,18 +142,21 @@ pub async fn run(router: Arc<Router>, listeners: Vec<Listener>, shutdown: Cancel
     }
     while accepts.join_next().await.is_some() {}
     // The accept loops are done, so this is the last reference: connections hold only watchers.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        return warn!("router: cannot drain connections");
-    };
-    if tokio::time::timeout(router.timeouts.shutdown, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(
-            "router: requests still in flight after {:?}, closing them",
-            router.timeouts.shutdown
-        );
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => {
+            if tokio::time::timeout(router.timeouts.shutdown, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "router: requests still in flight after {:?}, closing them",
+                    router.timeouts.shutdown
+                );
+            }
+        }
+        Err(_) => warn!("router: cannot drain connections"),
     }
+    router.log.flush();
 }
 
 async fn accept(

@@ -24,7 +24,7 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::Router;
 use super::body::{Idle, Outcome, Tail};
@@ -34,7 +34,6 @@ use super::headers::{
 };
 use super::log::{Record, RouterError, error_page};
 use super::upstream::{self, ConnectError, ProxyBody};
-use crate::metrics::Metrics;
 use crate::snapshot::Endpoint;
 
 /// Where a request came in.
@@ -56,39 +55,39 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let snapshot = router.snapshot.load_full();
-    let mut record = Record {
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-        host: host_of(&req).unwrap_or_default(),
-        protocol: downstream.protocol,
-        request_id: request_id(req.headers()),
-        fwd: forwarded_for(req.headers(), downstream.peer.ip().to_canonical()),
-        ..Record::default()
-    };
     // Logs H27 if hyper drops this future because the client went away.
     let mut pending = Pending {
-        record: Some(record.clone()),
+        record: Record {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            host: host_of(&req).unwrap_or_default(),
+            protocol: downstream.protocol,
+            request_id: request_id(req.headers()),
+            fwd: forwarded_for(req.headers(), downstream.peer.ip().to_canonical()),
+            ..Record::default()
+        },
+        armed: true,
         started,
-        metrics: router.metrics.clone(),
+        router: router.clone(),
     };
 
     if let Err(e) = check_framing(&req) {
-        return Ok(pending.fail(e, &mut record));
+        return Ok(pending.fail(e));
     }
     // Only host-name characters: anything else is no host of ours, and must not reach the log.
-    if !record
-        .host
+    let host = &mut pending.record.host;
+    if !host
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
-        record.host.clear();
-        return Ok(pending.fail(RouterError::BAD_REQUEST, &mut record));
+        host.clear();
+        return Ok(pending.fail(RouterError::BAD_REQUEST));
     }
-    let app_ref = Name::from_ascii(&record.host)
+    let app_ref = Name::from_ascii(host)
         .ok()
         .map(|mut n| {
             n.set_fqdn(true);
@@ -96,11 +95,11 @@ pub async fn handle(
         })
         .and_then(|name| snapshot.route(downstream.peer.ip(), &name));
     let Some(app_ref) = app_ref else {
-        return Ok(pending.fail(RouterError::NO_SUCH_APP, &mut record));
+        return Ok(pending.fail(RouterError::NO_SUCH_APP));
     };
     let web = snapshot.spaces[app_ref.space].web(snapshot.app(app_ref));
     if web.is_empty() {
-        return Ok(pending.fail(RouterError::NO_WEB, &mut record));
+        return Ok(pending.fail(RouterError::NO_WEB));
     }
 
     let upgrade = is_upgrade(req.headers());
@@ -108,42 +107,56 @@ pub async fn handle(
     let client_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    let headers = upstream_headers(&parts.headers, &parts.uri, &record, &downstream, upgrade);
-    let uri = Uri::from_maybe_shared(Bytes::from(record.path.clone()))
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    let headers = upstream_headers(
+        &parts.headers,
+        &parts.uri,
+        &pending.record,
+        &downstream,
+        upgrade,
+    );
+    // The dyno gets the origin form of the target.
+    let mut target = http::uri::Parts::default();
+    target.path_and_query = parts.uri.path_and_query().cloned();
+    let uri = Uri::from_parts(target).unwrap_or_else(|_| Uri::from_static("/"));
     // A bodiless GET or HEAD may be sent again when a pooled connection turns out to have been
     // closed by the dyno in the meantime; anything else could have had effects.
     let retryable = matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream();
-    let mut body = Some(Idle::new(body, router.timeouts.idle).boxed_unsync());
+    let mut body = (!body.is_end_stream()).then(|| Idle::new(body, router.timeouts.idle));
     let mut retried = false;
+    let mut sent = None;
     let (addr, sender, mut response) = loop {
-        let Some((addr, mut sender, reused)) = connect(&router, web, &mut record, upgrade).await
+        let Some((addr, mut sender, reused)) =
+            connect(&router, web, &mut pending.record, upgrade).await
         else {
-            return Ok(pending.fail(RouterError::NO_DYNO, &mut record));
+            return Ok(pending.fail(RouterError::NO_DYNO));
         };
-        pending.record = Some(record.clone());
-        let (sent_tx, sent) = watch::channel(None);
-        let body = body.take().unwrap_or_else(|| {
-            Full::new(Bytes::new())
-                .map_err(|e| match e {})
-                .boxed_unsync()
-        });
-        // Reports how the request body ended; the same wrapper as the response's tail.
-        let body = Tail::new(body, move |_, end| {
-            sent_tx.send_replace(Some(end));
-        });
-        let mut upstream_req = Request::new(body.boxed_unsync());
+        let mut upstream_req = match body.take() {
+            // How the client's body ended decides the error and when the response timeout
+            // starts: once the whole body has been sent. (A bodiless request is sent whole.)
+            Some(body) => {
+                let (sent_tx, sent_rx) = watch::channel(None);
+                sent = Some(sent_rx);
+                let body = Tail::new(body.boxed_unsync(), move |_, end| {
+                    sent_tx.send_replace(Some(end));
+                });
+                Request::new(body.boxed_unsync())
+            }
+            _ => Request::new(empty()),
+        };
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri.clone();
         *upstream_req.headers_mut() = headers.clone();
-        // The response timeout starts once the whole request body has been sent.
         let mut sent_rx = sent.clone();
         let response_timeout = router.timeouts.response;
         let timer = async move {
-            match sent_rx.wait_for(Option::is_some).await.map(|end| *end) {
-                Ok(Some(Outcome::Idle)) => RouterError::CLIENT_IDLE,
-                Ok(Some(Outcome::Failed)) => RouterError::CLIENT_GONE,
-                Ok(Some(Outcome::Malformed)) => RouterError::BAD_REQUEST,
+            let end = match &mut sent_rx {
+                Some(rx) => rx.wait_for(Option::is_some).await.ok().and_then(|end| *end),
+                None => None,
+            };
+            match end {
+                Some(Outcome::Idle) => RouterError::CLIENT_IDLE,
+                Some(Outcome::Failed) => RouterError::CLIENT_GONE,
+                Some(Outcome::Malformed) => RouterError::BAD_REQUEST,
                 _ => {
                     tokio::time::sleep(response_timeout).await;
                     RouterError::TIMEOUT
@@ -152,13 +165,14 @@ pub async fn handle(
         };
         let result = tokio::select! {
             r = sender.send_request(upstream_req) => r,
-            e = timer => return Ok(pending.fail(e, &mut record)),
+            e = timer => return Ok(pending.fail(e)),
         };
         match result {
             Ok(response) => break (addr, sender, response),
             Err(e) => {
                 debug!(%addr, error = %e, reused, "no response from the dyno");
-                let error = match *sent.borrow() {
+                let end = sent.as_ref().and_then(|rx| *rx.borrow());
+                let error = match end {
                     Some(Outcome::Idle) => RouterError::CLIENT_IDLE,
                     Some(Outcome::Failed) => RouterError::CLIENT_GONE,
                     Some(Outcome::Malformed) => RouterError::BAD_REQUEST,
@@ -168,53 +182,47 @@ pub async fn handle(
                     }
                     _ => RouterError::CLOSED,
                 };
-                return Ok(pending.fail(error, &mut record));
+                return Ok(pending.fail(error));
             }
         }
     };
 
-    record.status = response.status().as_u16();
+    pending.record.status = response.status().as_u16();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A 101 must switch to what was asked, WebSocket on an upgrade request; anything else
         // would turn the connection into a tunnel past routing, headers, logs and timeouts.
         let websocket = (response.headers().get(header::UPGRADE))
             .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if client_upgrade.is_none() || !websocket {
-            return Ok(pending.fail(RouterError::CLOSED, &mut record));
+            return Ok(pending.fail(RouterError::CLOSED));
         }
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client, upstream));
         }
+        let mut record = pending.disarm();
         record.service = started.elapsed();
-        pending.disarm();
-        served(&router.metrics, &record);
+        served(&router, &record);
         let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(
-            parts,
-            Full::new(Bytes::new())
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        ));
+        return Ok(Response::from_parts(parts, empty()));
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    pending.disarm();
-    let pool = router.clone();
+    let mut record = pending.disarm();
     let body = Tail::new(
         Idle::new(body, router.timeouts.idle),
         move |bytes, outcome| {
             record.bytes = bytes;
             record.service = started.elapsed();
             match outcome {
-                Outcome::Complete => pool.upstreams.checkin(addr, sender),
+                Outcome::Complete => router.upstreams.checkin(addr, sender),
                 Outcome::Idle => record.error = Some(RouterError::IDLE),
                 Outcome::Failed | Outcome::Malformed => {
                     record.error = Some(RouterError::INTERRUPTED)
                 }
                 Outcome::Dropped => record.error = Some(RouterError::CLIENT_GONE),
             }
-            served(&pool.metrics, &record);
+            served(&router, &record);
         },
     );
     Ok(Response::from_parts(parts, body.boxed_unsync()))
@@ -234,7 +242,7 @@ async fn connect(
         match router.upstreams.checkout(addr, upgrade).await {
             Ok((sender, took, reused)) => {
                 record.connect = took;
-                record.dyno = format!("web.{}", dyno.index);
+                record.dyno = Some(dyno.index);
                 return Some((addr, sender, reused));
             }
             Err(e) => {
@@ -248,23 +256,26 @@ async fn connect(
     None
 }
 
-/// Logs an H27 for a request whose future is dropped before it answered.
+/// The request's log record, which is logged as an H27 if the request's future is dropped
+/// before it answered (the client went away).
 struct Pending {
-    record: Option<Record>,
+    record: Record,
+    /// Whether dropping logs the record.
+    armed: bool,
     started: Instant,
-    metrics: Arc<Metrics>,
+    router: Arc<Router>,
 }
 
 impl Pending {
     /// Answers with the error page of `e` and logs the request.
-    fn fail(&mut self, e: RouterError, record: &mut Record) -> Response<ProxyBody> {
-        self.record = None;
+    fn fail(mut self, e: RouterError) -> Response<ProxyBody> {
+        let mut record = self.disarm();
         record.status = e.status;
         record.error = Some(e);
         let page = error_page(e, &record.request_id);
         record.bytes = page.len() as u64;
         record.service = self.started.elapsed();
-        served(&self.metrics, record);
+        served(&self.router, &record);
         let mut response = Response::new(
             Full::new(Bytes::from(page))
                 .map_err(|e| match e {})
@@ -284,27 +295,38 @@ impl Pending {
         response
     }
 
-    fn disarm(&mut self) {
-        self.record = None;
+    /// The record, no longer logged on drop.
+    fn disarm(&mut self) -> Record {
+        self.armed = false;
+        std::mem::take(&mut self.record)
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
+        if self.armed {
             let e = RouterError::CLIENT_GONE;
-            record.status = e.status;
-            record.error = Some(e);
-            record.service = self.started.elapsed();
-            served(&self.metrics, &record);
+            self.record.status = e.status;
+            self.record.error = Some(e);
+            self.record.service = self.started.elapsed();
+            served(&self.router, &self.record);
         }
     }
 }
 
 /// Writes the request's log line and counts it.
-fn served(metrics: &Metrics, record: &Record) {
-    info!(target: "spaceroute::router", "{record}");
-    metrics.http_request(record.status, record.error.map_or("", |e| e.code));
+fn served(router: &Router, record: &Record) {
+    router.log.write(record);
+    router
+        .metrics
+        .http_request(record.status, record.error.map_or("", |e| e.code));
+}
+
+/// An empty body.
+fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// Copies bytes both ways between an upgraded client and dyno connection.

@@ -92,10 +92,13 @@ impl Upstreams {
         let started = Instant::now();
         if !upgrade {
             while let Some(mut sender) = self.pop_idle(addr) {
-                // A connection returned at the end of a body is ready at once; one that is not
-                // within a moment is broken or busy, and is dropped.
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(Duration::from_millis(5), sender.ready()).await
+                // A connection returned at the end of a body is ready at once, or within a
+                // moment; one that is not is broken or busy, and is dropped.
+                if sender.is_ready()
+                    || matches!(
+                        tokio::time::timeout(Duration::from_millis(5), sender.ready()).await,
+                        Ok(Ok(()))
+                    )
                 {
                     return Ok((sender, started.elapsed(), true));
                 }
