@@ -12,11 +12,16 @@
 //!   bind a TCP client's source). Latency is send to reply; with a fixed window it
 //!   is mostly queueing (window / rate), so read p99 for jitter.
 //! - **Router**: spaceroute's router vs nginx `proxy_pass` (keep-alive upstream, the same
-//!   `X-Forwarded-*`/`X-Request-Id`/`Via` headers), in front of the same dyno: another nginx
-//!   answering `return 200 "ok"`. Load is `wrk -t1 -c16 -d5s` from 127.0.0.1 with
-//!   `Host: app-0.herokuapp.com` (the space trusts 127.0.0.0/24 as a peer). Twice: with the
-//!   per-request log line on (spaceroute's stderr and nginx's access log, both to a file) and off
-//!   (`SPACEROUTE_LOG=warn`, `access_log off`).
+//!   `X-Forwarded-*`/`X-Request-Id`/`Via` headers, one access-log line per request to a file for
+//!   both: spaceroute's stderr, nginx's `access_log`), in front of the same dyno: another nginx
+//!   answering `return 200 "ok"`. Five modes, each from 127.0.0.1 with `Host` (or
+//!   `:authority`) `app-0.herokuapp.com` (the space trusts 127.0.0.0/24 as a peer), 16
+//!   connections from one client thread: HTTP/1.1 keep-alive and a new connection per request
+//!   (`wrk`, `Connection: close`), the same over TLS (a self-signed ECDSA P-256 certificate;
+//!   TLS 1.3 on both, as nginx 1.22 offers only up to 1.2 unless told; nginx keeps a session
+//!   cache, spaceroute issues tickets; wrk resumes TLS 1.2 sessions but not 1.3 ones, so every
+//!   connection is a full handshake), and HTTP/2 over TLS (`h2load -m8`,
+//!   Debian's `nghttp2-client`; its p50 column is the mean, its p99 the maximum).
 //!
 //! Threads: each server gets one. spaceroute runs with `--dns-workers 1` (one UDP worker thread)
 //! and `TOKIO_WORKER_THREADS=1` (its binary uses tokio's default multi-thread runtime, which
@@ -29,16 +34,18 @@
 //! nginx's worker): below ~95% the load generator, not the server, was the limit, and `per cpu-s`
 //! (answers per CPU second of the server) is the fairer comparison.
 //!
-//! Run: `cargo bench --bench peers` (needs `knotd`, `nginx` and `wrk`: `apt-get install -y knot
-//! nginx wrk`; a missing peer is skipped). Under `cargo test` (no `--bench` argument) it runs a
+//! Run: `cargo bench --bench peers` (needs `knotd`, `nginx`, `wrk` and `h2load`: `apt-get
+//! install -y knot nginx wrk nghttp2-client`; a missing peer is skipped); `PEERS_ONLY=dns` or
+//! `PEERS_ONLY=router` runs one half. Under `cargo test` (no `--bench` argument) it runs a
 //! short UDP and TCP round against spaceroute alone and checks the answers; no peers needed.
 //! Traffic goes only to 127.0.0.0/8, ports are picked free, and every process started is
 //! stopped when the bench ends or panics.
 //!
-//! Last result (2026-11-29, the 2-core workplace VM, release build, Knot 3.2.6, nginx 1.22.1,
-//! wrk 4.1.0; shared and noisy, so ratios matter more than rates). Earlier the same day, before
-//! the UDP workers (`recvmmsg`/`sendmmsg` on their own threads) and the byte-level fast path,
-//! the same run gave 0.61 (udp) and 0.95 (tcp); with the workers alone, 0.75 and 0.98:
+//! Last DNS result (2026-11-29, the 2-core workplace VM, release build, Knot 3.2.6; shared and
+//! noisy, so ratios matter more than rates; the router's runs are in `benches/RESULTS.md`).
+//! Earlier the same day, before the UDP workers (`recvmmsg`/`sendmmsg` on their own threads)
+//! and the byte-level fast path, the same run gave 0.61 (udp) and 0.95 (tcp); with the workers
+//! alone, 0.75 and 0.98:
 //!
 //! ```text
 //! test             server       rate per round               median      p50      p99   cpu per cpu-s
@@ -48,28 +55,19 @@
 //! dns tcp          spaceroute   305.7k 300.1k 301.7k         301.7k  197.2µs  379.6µs   98%    308.8k
 //! dns tcp          knot         220.9k 215.7k 228.8k         220.9k  272.4µs  524.4µs   98%    225.2k
 //! dns tcp          spaceroute/knot: 1.38 (rounds 1.38 1.39 1.32), per cpu-s 1.39
-//! router, log      spaceroute   30.7k 30.6k 31.1k             30.7k  487.0µs  870.0µs   99%     31.0k
-//! router, log      nginx        64.8k 63.7k 62.1k             63.7k  230.0µs  831.0µs   95%     67.1k
-//! router, log      spaceroute/nginx: 0.48 (rounds 0.47 0.48 0.50), per cpu-s 0.47
-//! router, no log   spaceroute   37.8k 37.1k 35.8k             37.1k  406.0µs  720.0µs   98%     37.8k
-//! router, no log   nginx        73.9k 69.5k 67.7k             69.5k  193.0µs  461.0µs   92%     75.6k
-//! router, no log   spaceroute/nginx: 0.53 (rounds 0.51 0.53 0.53), per cpu-s 0.49
 //! ```
 //!
 //! Both DNS servers are CPU-bound (cpu ~98%), so rates compare the servers, not the generator.
 //! Over UDP both read and write batches now. The workload (90% app names, 10% unknown names)
 //! is mostly the fast path: 0.6 µs of user CPU per query against Knot's 0.75 (dnsperf, 10k
 //! apps); the unknown names (NXDOMAIN with the SOA) still take the full resolver, through
-//! hickory's `Message`. Over TCP the same fast path serves each framed query. The router makes
-//! the same syscalls per request as nginx (2 `recvfrom`, 2 `writev`, 1 log `write`), plus a
-//! `getrandom` for each new X-Request-Id; the gap is user space (hyper's server and client
-//! connections, header maps, formatting the log line ~10%, malloc ~10%).
+//! hickory's `Message`. Over TCP the same fast path serves each framed query.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -109,7 +107,7 @@ fn main() {
 fn smoke() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dyno = SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()));
-    let sr = Spaceroute::start(dir.path(), dyno, true);
+    let sr = Spaceroute::start(dir.path(), dyno, None);
     let queries = Queries::new();
     for (transport, run) in [("udp", udp_load as LoadFn), ("tcp", tcp_load as LoadFn)] {
         let r = run(sr.dns, &queries, 1, 2, 4, Duration::from_millis(300));
@@ -131,10 +129,13 @@ fn full_run() {
     let knotd = find_tool("knotd");
     let nginx = find_tool("nginx");
     let wrk = find_tool("wrk");
+    // PEERS_ONLY=dns or PEERS_ONLY=router runs one half.
+    let only = std::env::var("PEERS_ONLY").ok();
+    let only = only.as_deref();
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "{rounds} rounds x {secs:?}, alternating; 1 server thread each; load: {LOAD_THREADS} thread x {FLOWS} sockets x {WINDOW} outstanding (DNS), wrk -t1 -c16 (HTTP)"
+        "{rounds} rounds x {secs:?}, alternating; 1 server thread each; load: {LOAD_THREADS} thread x {FLOWS} sockets x {WINDOW} outstanding (DNS); HTTP: wrk -t1 -c16, h2load -t1 -c16 -m8"
     );
     let _ = writeln!(
         report,
@@ -149,79 +150,88 @@ fn full_run() {
         || SocketAddr::new(SERVERS.into(), free_port(SERVERS.into())),
         |d| d.addr,
     );
-    let sr_dir = dir.path().join("spaceroute");
-    std::fs::create_dir_all(&sr_dir).expect("mkdir");
-    let sr = Spaceroute::start(&sr_dir, dyno_addr, true);
-    let knot = knotd
-        .as_ref()
-        .map(|k| Knot::start(k, &dir.path().join("knot")));
-    if knot.is_none() {
-        println!("knotd not found (apt-get install -y knot): spaceroute's DNS runs alone");
-    }
-    let queries = Queries::new();
-
-    for (test, run) in [
-        ("dns udp", udp_load as LoadFn),
-        ("dns tcp", tcp_load as LoadFn),
-    ] {
-        let mut servers = vec![("spaceroute", sr.dns, sr.pid())];
-        if let Some(k) = &knot {
-            servers.push(("knot", k.addr, k.proc.pid()));
+    if only.is_none_or(|o| o == "dns") {
+        let sr_dir = dir.path().join("spaceroute");
+        std::fs::create_dir_all(&sr_dir).expect("mkdir");
+        let sr = Spaceroute::start(&sr_dir, dyno_addr, None);
+        let knot = knotd
+            .as_ref()
+            .map(|k| Knot::start(k, &dir.path().join("knot")));
+        if knot.is_none() {
+            println!("knotd not found (apt-get install -y knot): spaceroute's DNS runs alone");
         }
-        let results = alternate(&servers, rounds, |&(name, addr, pid)| {
-            let cpu = Cpu::start(pid);
-            let r = run(addr, &queries, LOAD_THREADS, FLOWS, WINDOW, secs);
-            let cpu = cpu.stop();
-            println!("  {test} {name}: {}", r.summary(cpu));
-            if r.wrong > 0 || r.lost > 0 {
-                println!(
-                    "  warning: {test} {name}: {} wrong, {} lost",
-                    r.wrong, r.lost
-                );
+        let queries = Queries::new();
+
+        for (test, run) in [
+            ("dns udp", udp_load as LoadFn),
+            ("dns tcp", tcp_load as LoadFn),
+        ] {
+            let mut servers = vec![("spaceroute", sr.dns, sr.pid())];
+            if let Some(k) = &knot {
+                servers.push(("knot", k.addr, k.proc.pid()));
             }
-            Round {
-                rate: r.qps(),
-                p50: r.percentile(0.5),
-                p99: r.percentile(0.99),
-                cpu,
-            }
-        });
-        table(&mut report, test, &servers, &results, "knot");
+            let results = alternate(&servers, rounds, |&(name, addr, pid)| {
+                let cpu = Cpu::start(pid);
+                let r = run(addr, &queries, LOAD_THREADS, FLOWS, WINDOW, secs);
+                let cpu = cpu.stop();
+                println!("  {test} {name}: {}", r.summary(cpu));
+                if r.wrong > 0 || r.lost > 0 {
+                    println!(
+                        "  warning: {test} {name}: {} wrong, {} lost",
+                        r.wrong, r.lost
+                    );
+                }
+                Round {
+                    rate: r.qps(),
+                    p50: r.percentile(0.5),
+                    p99: r.percentile(0.99),
+                    cpu,
+                }
+            });
+            table(&mut report, test, &servers, &results, "knot");
+        }
     }
-    drop(knot);
 
     match (&nginx, &wrk, &dyno) {
-        (Some(nginx), Some(wrk), Some(_)) => {
-            for (test, logs) in [("router, log", true), ("router, no log", false)] {
-                let quiet;
-                let sr = if logs {
-                    &sr
-                } else {
-                    let d = dir.path().join("spaceroute-quiet");
-                    std::fs::create_dir_all(&d).expect("mkdir");
-                    quiet = Spaceroute::start(&d, dyno_addr, false);
-                    &quiet
+        (Some(nginx), Some(wrk), Some(_)) if only.is_none_or(|o| o == "router") => {
+            let tls_dir = dir.path().join("tls");
+            let tls = TlsFiles::write(&tls_dir);
+            let sr_dir = dir.path().join("spaceroute-router");
+            std::fs::create_dir_all(&sr_dir).expect("mkdir");
+            let sr = Spaceroute::start(&sr_dir, dyno_addr, Some(&tls));
+            let front = Nginx::front(nginx, &dir.path().join("front"), dyno_addr, &tls);
+            let h2load = find_tool("h2load");
+            if h2load.is_none() {
+                println!("h2load not found (apt-get install -y nghttp2-client): h2 skipped");
+            }
+            for mode in MODES {
+                let client = match mode.client {
+                    Client::Wrk => wrk.clone(),
+                    Client::H2load => match &h2load {
+                        Some(h2load) => h2load.clone(),
+                        None => continue,
+                    },
                 };
-                let front = Nginx::front(
-                    nginx,
-                    &dir.path().join(format!("front-{logs}")),
-                    dyno_addr,
-                    logs,
-                );
+                let port = |s: &Spaceroute| if mode.tls { s.https } else { s.http };
                 let servers = [
-                    ("spaceroute", sr.http, sr.pid()),
-                    ("nginx", front.addr, front.proc.pid()),
+                    ("spaceroute", port(&sr), sr.pid()),
+                    (
+                        "nginx",
+                        if mode.tls { front.https } else { front.addr },
+                        front.proc.pid(),
+                    ),
                 ];
                 // Warm both up: connections to the dyno, caches.
                 for (_, addr, _) in &servers {
-                    let _ = wrk_run(wrk, *addr, Duration::from_secs(1));
+                    let _ = http_load(&client, mode, *addr, Duration::from_secs(1));
                 }
                 let results = alternate(&servers, rounds, |&(name, addr, pid)| {
                     let cpu = Cpu::start(pid);
-                    let w = wrk_run(wrk, addr, secs);
+                    let w = http_load(&client, mode, addr, secs);
                     let cpu = cpu.stop();
                     println!(
-                        "  {test} {name}: {:.0} req/s, p50 {:.1?}, p99 {:.1?}, cpu {:.0}%{}",
+                        "  {} {name}: {:.0} req/s, p50 {:.1?}, p99 {:.1?}, cpu {:.0}%{}",
+                        mode.name,
                         w.rate,
                         w.p50,
                         w.p99,
@@ -239,9 +249,10 @@ fn full_run() {
                         cpu,
                     }
                 });
-                table(&mut report, test, &servers, &results, "nginx");
+                table(&mut report, mode.name, &servers, &results, "nginx");
             }
         }
+        (Some(_), Some(_), Some(_)) => {}
         _ => println!("nginx or wrk not found (apt-get install -y nginx wrk): router skipped"),
     }
     println!("\n{report}");
@@ -374,21 +385,24 @@ fn tree_ticks(pid: u32) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The servers
 
-/// The `spaceroute serve` binary with one runtime worker thread.
+/// The `spaceroute serve` binary with one runtime worker thread, writing its request log.
 struct Spaceroute {
     proc: Proc,
     dns: SocketAddr,
     http: SocketAddr,
+    /// With `tls`, else unused.
+    https: SocketAddr,
 }
 
 impl Spaceroute {
-    /// Writes the space into `dir` and serves it; `logs` keeps the per-request log line (info).
-    fn start(dir: &Path, dyno: SocketAddr, logs: bool) -> Spaceroute {
+    /// Writes the space into `dir` and serves it, over HTTPS too with `tls`.
+    fn start(dir: &Path, dyno: SocketAddr, tls: Option<&TlsFiles>) -> Spaceroute {
         let zones = dir.join("zones");
         std::fs::create_dir_all(&zones).expect("mkdir");
         std::fs::write(zones.join("bench.yaml"), space_yaml(dyno)).expect("write space");
         let dns = SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()));
         let http = SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()));
+        let https = SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spaceroute"));
         cmd.arg("serve")
             .arg("--zones")
@@ -396,15 +410,50 @@ impl Spaceroute {
             .args(["--dns", &dns.to_string(), "--http", &http.to_string()])
             .args(["--dns-workers", "1"])
             .env("TOKIO_WORKER_THREADS", "1")
-            .env("SPACEROUTE_LOG", if logs { "info" } else { "warn" });
+            .env("SPACEROUTE_LOG", "info");
+        if let Some(tls) = tls {
+            cmd.args(["--https", &https.to_string()])
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key);
+        }
         let mut proc = Proc::spawn("spaceroute", &mut cmd, &dir.join("spaceroute.log"));
         proc.wait_until("answering dns", || answers_dns(dns));
         proc.wait_until("accepting http", || accepts_tcp(http));
-        Spaceroute { proc, dns, http }
+        Spaceroute {
+            proc,
+            dns,
+            http,
+            https,
+        }
     }
 
     fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+}
+
+/// A self-signed certificate for `*.herokuapp.com` and its key, as PEM files.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    fn write(dir: &Path) -> TlsFiles {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["*.herokuapp.com".to_string()])
+            .expect("certificate parameters");
+        let cert = params.self_signed(&key).expect("certificate");
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write cert");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+        files
     }
 }
 
@@ -477,6 +526,8 @@ impl Knot {
 struct Nginx {
     proc: Proc,
     addr: SocketAddr,
+    /// The front's HTTPS (HTTP/1.1 and h2) listener; unused for the dyno.
+    https: SocketAddr,
 }
 
 impl Nginx {
@@ -488,32 +539,33 @@ impl Nginx {
             &dir,
             "access_log off;\n",
             "location / { default_type text/plain; return 200 \"ok\"; }",
+            None,
         )
     }
 
-    /// The reverse proxy: like spaceroute's router, keep-alive connections to the dyno and the
-    /// forwarding headers; `logs` writes one access-log line per request, as spaceroute does.
-    fn front(nginx: &Path, dir: &Path, dyno: SocketAddr, logs: bool) -> Nginx {
-        let log = if logs {
-            format!(
-                "log_format router 'at=info method=$request_method path=\"$request_uri\" \
-                 host=$host request_id=$request_id fwd=\"$remote_addr\" dyno=web.1 \
-                 connect=$upstream_connect_time service=$upstream_response_time \
-                 status=$status bytes=$bytes_sent protocol=$scheme';\n\
-                 access_log {}/access.log router;\n\
-                 upstream dyno {{ server {dyno}; keepalive 32; keepalive_requests 1000000; }}\n",
-                dir.display()
-            )
-        } else {
-            format!(
-                "access_log off;\n\
-                 upstream dyno {{ server {dyno}; keepalive 32; keepalive_requests 1000000; }}\n"
-            )
-        };
+    /// The reverse proxy: like spaceroute's router, keep-alive connections to the dyno, the
+    /// forwarding headers and one access-log line per request; HTTPS with `tls` as well, with
+    /// a session cache as spaceroute keeps one.
+    fn front(nginx: &Path, dir: &Path, dyno: SocketAddr, tls: &TlsFiles) -> Nginx {
+        let http = format!(
+            "log_format router 'at=info method=$request_method path=\"$request_uri\" \
+             host=$host request_id=$request_id fwd=\"$remote_addr\" dyno=web.1 \
+             connect=$upstream_connect_time service=$upstream_response_time \
+             status=$status bytes=$bytes_sent protocol=$scheme';\n\
+             access_log {}/access.log router;\n\
+             upstream dyno {{ server {dyno}; keepalive 32; keepalive_requests 1000000; }}\n\
+             ssl_certificate {};\n\
+             ssl_certificate_key {};\n\
+             ssl_protocols TLSv1.2 TLSv1.3;\n\
+             ssl_session_cache shared:tls:10m;\n",
+            dir.display(),
+            tls.cert.display(),
+            tls.key.display(),
+        );
         Nginx::start(
             nginx,
             dir,
-            &log,
+            &http,
             "location / {\n\
              proxy_pass http://dyno;\n\
              proxy_http_version 1.1;\n\
@@ -525,10 +577,17 @@ impl Nginx {
              proxy_set_header X-Request-Id $request_id;\n\
              proxy_set_header Via \"1.1 nginx\";\n\
              }",
+            Some(SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()))),
         )
     }
 
-    fn start(nginx: &Path, dir: &Path, http: &str, location: &str) -> Nginx {
+    fn start(
+        nginx: &Path,
+        dir: &Path,
+        http: &str,
+        location: &str,
+        https: Option<SocketAddr>,
+    ) -> Nginx {
         std::fs::create_dir_all(dir).expect("mkdir");
         let addr = SocketAddr::new(SERVERS.into(), free_port(SERVERS.into()));
         // Started by root, nginx runs its worker as nobody, who may not reach a private
@@ -540,6 +599,7 @@ impl Nginx {
             ""
         };
         let d = dir.display();
+        let listen_https = https.map_or(String::new(), |a| format!("listen {a} ssl http2;\n"));
         let conf = format!(
             "{user}worker_processes 1;\n\
              pid {d}/nginx.pid;\n\
@@ -553,7 +613,7 @@ impl Nginx {
              scgi_temp_path {d}/scgi;\n\
              keepalive_requests 1000000;\n\
              {http}\
-             server {{\n listen {addr};\n {location}\n }}\n\
+             server {{\n listen {addr};\n {listen_https} {location}\n }}\n\
              }}\n"
         );
         let conf_path = dir.join("nginx.conf");
@@ -568,34 +628,106 @@ impl Nginx {
             .args(["-g", "daemon off;"]);
         let mut proc = Proc::spawn("nginx", &mut cmd, &dir.join("stderr.log"));
         proc.wait_until("accepting http", || accepts_tcp(addr));
-        Nginx { proc, addr }
+        Nginx {
+            proc,
+            addr,
+            https: https.unwrap_or(addr),
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// wrk
+// wrk and h2load
 
-/// What `wrk` measured.
-struct Wrk {
+/// The HTTP load generator of a mode.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    Wrk,
+    H2load,
+}
+
+/// One way of loading the router.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    name: &'static str,
+    client: Client,
+    tls: bool,
+    /// A new connection (and, over TLS, a handshake) per request.
+    close: bool,
+}
+
+const MODES: [Mode; 5] = [
+    Mode {
+        name: "http keep-alive",
+        client: Client::Wrk,
+        tls: false,
+        close: false,
+    },
+    Mode {
+        name: "http conn/req",
+        client: Client::Wrk,
+        tls: false,
+        close: true,
+    },
+    Mode {
+        name: "https keep-alive",
+        client: Client::Wrk,
+        tls: true,
+        close: false,
+    },
+    Mode {
+        name: "https conn/req",
+        client: Client::Wrk,
+        tls: true,
+        close: true,
+    },
+    Mode {
+        name: "h2 over tls",
+        client: Client::H2load,
+        tls: true,
+        close: false,
+    },
+];
+
+/// What the load generator measured.
+struct Http {
     rate: f64,
+    /// wrk's median; h2load's mean.
     p50: Duration,
+    /// wrk's 99th percentile; h2load's maximum.
     p99: Duration,
-    /// Its "Non-2xx" and "Socket errors" lines, if any.
+    /// wrk's "Non-2xx" and "Socket errors" lines, h2load's failures, if any.
     errors: String,
 }
 
-fn wrk_run(wrk: &Path, addr: SocketAddr, secs: Duration) -> Wrk {
+/// Runs `client` (the path of wrk or h2load, per `mode`) against `addr` for `secs`:
+/// 16 connections from one thread, `Host: app-0.herokuapp.com`.
+fn http_load(client: &Path, mode: Mode, addr: SocketAddr, secs: Duration) -> Http {
     assert!(addr.ip().is_loopback());
-    let out = std::env::temp_dir().join(format!("spaceroute-peers-wrk-{}.txt", std::process::id()));
-    let mut cmd = Command::new(wrk);
-    cmd.args(["-t1", "-c16", "--latency", "--timeout", "5s"])
-        .arg(format!("-d{}s", secs.as_secs()))
-        .args(["-H", "Host: app-0.herokuapp.com"])
-        .arg(format!("http://{addr}/"));
-    let mut proc = Proc::spawn("wrk", &mut cmd, &out);
+    let out =
+        std::env::temp_dir().join(format!("spaceroute-peers-http-{}.txt", std::process::id()));
+    let scheme = if mode.tls { "https" } else { "http" };
+    let mut cmd = Command::new(client);
+    match mode.client {
+        Client::Wrk => {
+            cmd.args(["-t1", "-c16", "--latency", "--timeout", "5s"])
+                .arg(format!("-d{}s", secs.as_secs()))
+                .args(["-H", "Host: app-0.herokuapp.com"]);
+            if mode.close {
+                cmd.args(["-H", "Connection: close"]);
+            }
+        }
+        Client::H2load => {
+            cmd.args(["-t1", "-c16", "-m8", "-D"])
+                .arg(secs.as_secs().to_string())
+                .args(["-H", ":authority: app-0.herokuapp.com"]);
+        }
+    }
+    cmd.arg(format!("{scheme}://{addr}/"));
+    let mut proc = Proc::spawn("http load", &mut cmd, &out);
     assert!(
         proc.wait_exit(secs + Duration::from_secs(15)).is_some(),
-        "wrk did not finish"
+        "the load generator did not finish"
     );
     let text = proc.log_text();
     drop(proc);
@@ -604,22 +736,51 @@ fn wrk_run(wrk: &Path, addr: SocketAddr, secs: Duration) -> Wrk {
         (text.lines())
             .find_map(|l| l.trim().strip_prefix(prefix))
             .map(str::trim)
-            .unwrap_or_else(|| panic!("no {prefix:?} in wrk's output:\n{text}"))
+            .unwrap_or_else(|| panic!("no {prefix:?} in the output:\n{text}"))
     };
-    let rate = field("Requests/sec:").parse().expect("Requests/sec");
-    let errors: Vec<&str> = (text.lines())
-        .map(str::trim)
-        .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors"))
-        .collect();
-    Wrk {
-        rate,
-        p50: wrk_duration(field("50%")),
-        p99: wrk_duration(field("99%")),
-        errors: errors.join("; "),
+    match mode.client {
+        Client::Wrk => {
+            let errors: Vec<&str> = (text.lines())
+                .map(str::trim)
+                .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors"))
+                .collect();
+            Http {
+                rate: field("Requests/sec:").parse().expect("Requests/sec"),
+                p50: wrk_duration(field("50%")),
+                p99: wrk_duration(field("99%")),
+                errors: errors.join("; "),
+            }
+        }
+        Client::H2load => {
+            // "finished in 5.00s, 51234.20 req/s, 1.2MB/s"
+            let finished = field("finished in");
+            let rate = (finished.split(", ").nth(1))
+                .and_then(|r| r.strip_suffix(" req/s"))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("h2load rate in {finished:?}"));
+            // "time for request:  123us  4.56ms  310us  180us  85.12%": min max mean sd.
+            let times: Vec<&str> = field("time for request:").split_whitespace().collect();
+            // "requests: N total, N started, N done, N succeeded, 0 failed, 0 errored, 0 timeout"
+            let requests = field("requests:");
+            let failed = ["failed", "errored", "timeout"]
+                .iter()
+                .filter(|what| !requests.contains(&format!(" 0 {what}")))
+                .count();
+            Http {
+                rate,
+                p50: wrk_duration(times[2]),
+                p99: wrk_duration(times[1]),
+                errors: if failed > 0 {
+                    requests.to_string()
+                } else {
+                    String::new()
+                },
+            }
+        }
     }
 }
 
-/// "812.00us", "1.23ms", "2.00s" → a duration.
+/// "812.00us", "1.23ms", "2.00s" (wrk, h2load) → a duration.
 fn wrk_duration(s: &str) -> Duration {
     let (number, scale) = if let Some(n) = s.strip_suffix("us") {
         (n, 1e-6)

@@ -678,6 +678,11 @@ async fn tls_connect(
     sni: &str,
     alpn: &[&[u8]],
 ) -> TlsStream<TcpStream> {
+    tls_connect_with(tls_client(alpn), to, from, sni).await
+}
+
+/// A TLS client config trusting only the test CA, offering `alpn`; it keeps sessions to resume.
+fn tls_client(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certs().ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -687,7 +692,17 @@ async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// A TLS connection with `config`.
+async fn tls_connect_with(
+    config: Arc<rustls::ClientConfig>,
+    to: SocketAddr,
+    from: &str,
+    sni: &str,
+) -> TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = common::tcp_connect(to, from).await;
     let name = ServerName::try_from(sni.to_string()).unwrap();
     connector.connect(name, tcp).await.expect("tls handshake")
@@ -1874,6 +1889,39 @@ async fn sni_picks_the_app_certificate_for_its_custom_domain_and_alpn_h2_works()
     let log = log_line(&id).await;
     assert_eq!(log.get("protocol"), "https");
     assert_eq!(log.get("host"), "secure.example.org");
+}
+
+/// Issue 9: one TLS config per certificate, so a client resumes its session on its next
+/// connection (no full handshake per connection), but only under the certificate it would get
+/// anyway: a public client holding the space's session still gets the default certificate.
+#[tokio::test]
+async fn issue_9_tls_sessions_resume_across_connections_under_the_same_certificate_only() {
+    let (router, _dyno) = tls_apps().await;
+    let client = tls_client(&[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tls = tls_connect_with(client.clone(), router.https, SPACE, "secure.example.org").await;
+        let (_, session) = tls.get_ref();
+        kinds.push(session.handshake_kind());
+        assert_eq!(session.peer_certificates().unwrap()[0], certs().app_der);
+        // A request, so that the client reads the session tickets sent after the handshake.
+        let mut sender = h1_over(tls).await;
+        let r = send(&mut sender, get("secure.example.org", "/", &new_id())).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+
+    // A resumed handshake presents no certificate; this one presents the default certificate,
+    // which the client rejects for the custom domain.
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let tcp = common::tcp_connect(router.https, PUBLIC).await;
+    let name = ServerName::try_from("secure.example.org").unwrap();
+    let e = connector.connect(name, tcp).await.unwrap_err();
+    assert!(
+        e.to_string().contains("*.herokuapp.com"),
+        "a full handshake with the default certificate: {e}"
+    );
 }
 
 /// Issue 7, item 9: a name a client may not see does not exist for it, so the wildcard that

@@ -6,10 +6,16 @@
 //! certificate, so a certificate never reveals a hidden app. Everything else, `<app>.<domain>`
 //! names included, gets the default pair from the command line. Because the choice reads the
 //! snapshot per handshake, certificates change with a reload. ALPN offers HTTP/2 and HTTP/1.1.
+//!
+//! Each certificate gets one `ServerConfig`, made at its first handshake and kept while the
+//! certificate lives (a reload that replaces it lets it go), so that a client can resume its
+//! session on its next connection, by a stateless ticket. Configs share no ticket keys: a
+//! session resumes only under the certificate this client at this name would get anyway.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,7 +36,11 @@ pub struct Tls {
     snapshot: Arc<ArcSwap<Snapshot>>,
     default: Option<Arc<CertifiedKey>>,
     provider: Arc<CryptoProvider>,
+    configs: Arc<Mutex<Configs>>,
 }
+
+/// The config of each live certificate, by the certificate's address.
+type Configs = HashMap<usize, (Weak<CertifiedKey>, Arc<ServerConfig>)>;
 
 impl Tls {
     /// TLS over `snapshot`'s certificates, with `default` for every other name.
@@ -39,6 +49,7 @@ impl Tls {
             snapshot,
             default,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            configs: Arc::default(),
         }
     }
 
@@ -69,30 +80,48 @@ impl Tls {
             let key = self
                 .pick(peer, start.client_hello().server_name())
                 .ok_or_else(|| io::Error::other("no certificate for this server name"))?;
-            start.into_stream(self.config(key)?).await
+            // `key` lives until the handshake is done: the config holds it only weakly.
+            start.into_stream(self.config(&key)?).await
         };
         tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| io::ErrorKind::TimedOut)?
     }
 
-    fn config(&self, key: Arc<CertifiedKey>) -> io::Result<Arc<ServerConfig>> {
+    /// The config serving `key`: the one made before while `key` lives, else a new one.
+    fn config(&self, key: &Arc<CertifiedKey>) -> io::Result<Arc<ServerConfig>> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Arc::as_ptr(key) as usize;
+        if let Some((made_for, config)) = configs.get(&at)
+            && made_for.upgrade().is_some_and(|k| Arc::ptr_eq(&k, key))
+        {
+            return Ok(config.clone());
+        }
+        // Certificates a reload replaced go with their configs.
+        configs.retain(|_, (made_for, _)| made_for.strong_count() > 0);
+        let weak = Arc::downgrade(key);
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(key)));
+            .with_cert_resolver(Arc::new(Fixed(weak.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        // Stateless tickets: no server-side store to search or to fill.
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+        let config = Arc::new(config);
+        configs.insert(at, (weak, config.clone()));
+        Ok(config)
     }
 }
 
-/// A resolver that always answers the certificate already chosen for this connection.
+/// A resolver that always answers the certificate already chosen for this connection. It holds
+/// the certificate weakly, so that a kept config does not keep a replaced certificate alive;
+/// `accept` holds it for the handshake.
 #[derive(Debug)]
-struct Fixed(Arc<CertifiedKey>);
+struct Fixed(Weak<CertifiedKey>);
 
 impl ResolvesServerCert for Fixed {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        self.0.upgrade()
     }
 }
