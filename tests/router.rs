@@ -1891,6 +1891,37 @@ async fn sni_picks_the_app_certificate_for_its_custom_domain_and_alpn_h2_works()
     assert_eq!(log.get("host"), "secure.example.org");
 }
 
+/// Issue 9, item 8: on a dual-stack listener an IPv4 client arrives as `::ffff:a.b.c.d`; it is
+/// routed by its IPv4 address and appears as that address to the dyno and in the log.
+#[tokio::test]
+async fn issue_9_an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address_everywhere() {
+    capture_logs();
+    let open = Dyno::start("open-app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, yaml) = alpha(&[app("open-app", &[], &[("web.1", open.addr)])]);
+    std::fs::write(dir.path().join(file), yaml).unwrap();
+    let reloader = Reloader::load(dir.path()).unwrap();
+    // An IPv6 socket bound to the IPv4-mapped loopback: IPv4 clients arrive v4-mapped.
+    let tcp = TcpListener::bind("[::ffff:127.0.0.1]:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let router = Router::new(reloader.snapshot(), timeouts(), reloader.metrics());
+    let shutdown = CancellationToken::new();
+    let listeners = vec![Listener { tcp, tls: None }];
+    tokio::spawn(router::run(Arc::new(router), listeners, shutdown.clone()));
+
+    let id = new_id();
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = send(
+        &mut h1(to, SPACE).await,
+        get("open-app.herokuapp.com", "/", &id),
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "open-app"));
+    assert_eq!(header(&open.last().headers, "x-forwarded-for"), SPACE);
+    assert_eq!(log_line(&id).await.get("fwd"), SPACE);
+    shutdown.cancel();
+}
+
 /// Issue 9: one TLS config per certificate, so a client resumes its session on its next
 /// connection (no full handshake per connection), but only under the certificate it would get
 /// anyway: a public client holding the space's session still gets the default certificate.
