@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use spaceroute::admission::Capacity;
 use spaceroute::config;
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
-use spaceroute::router::admission::Capacity;
 use spaceroute::router::logger::{Batched, RequestLog};
 use spaceroute::router::{self, Listener, Router, Timeouts};
 use spaceroute::snapshot;

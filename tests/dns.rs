@@ -435,6 +435,57 @@ async fn tcp_connections_past_the_cap_are_closed_until_one_frees() {
     server.stop().await;
 }
 
+/// Issue 10: twenty idle connections from one public address held all twenty places before,
+/// and a space's resolver got "no servers could be reached". Now the public holds at most half
+/// (and one address at most its share), the space's resolvers the rest, and when every place is
+/// taken, the connection idle longest makes room for a newcomer.
+#[tokio::test]
+async fn issue_10_a_public_flood_of_idle_tcp_connections_leaves_trusted_resolvers_their_share() {
+    let limits = Limits {
+        tcp_max_connections: 20,
+        ..Limits::default()
+    };
+    let server = Server::start_with(&fixture_dir(), limits).await;
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        flood.push(tcp_connect(server.addr, PUBLIC).await);
+    }
+    let mut kept = Vec::new();
+    for mut stream in flood {
+        if !tcp_closed_without_reply(&mut stream, Duration::from_millis(100)).await {
+            kept.push(stream);
+        }
+    }
+    assert_eq!(kept.len(), 10, "the public's half of the places");
+
+    // The space's resolvers get every answer, on connections they keep (ten of them).
+    let mut resolvers = Vec::new();
+    for _ in 0..10 {
+        let mut stream = tcp_connect(server.addr, SPACE).await;
+        ask(&mut stream).await;
+        resolvers.push(stream);
+    }
+    // Every place is taken now; the next resolver gets the place of the connection idle
+    // longest, one of the public ones, idle since it opened.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for stream in &mut resolvers {
+        ask(stream).await;
+    }
+    let mut newcomer = tcp_connect(server.addr, SPACE).await;
+    ask(&mut newcomer).await;
+    let mut closed = 0;
+    for stream in &mut kept {
+        if tcp_closed_without_reply(stream, Duration::from_millis(100)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "one idle public connection made room");
+    for stream in &mut resolvers {
+        ask(stream).await;
+    }
+    server.stop().await;
+}
+
 /// xorshift64: a seeded PRNG, so a failing run can be replayed.
 struct Rng(u64);
 

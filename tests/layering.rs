@@ -13,6 +13,7 @@ const PURE: &str = "tokio hyper rustls notify std::time tracing log";
 const RULES: &[(&str, &[&str])] = &[
     ("config/", &["crate::access crate::snapshot crate::dns crate::router crate::reload crate::metrics", "tokio hyper rustls notify tracing", SOCKETS]),
     ("access.rs", &["crate super hickory_proto", PURE, SOCKETS]),
+    ("admission.rs", &["crate::config crate::snapshot crate::dns crate::router crate::reload crate::metrics", SOCKETS]),
     ("snapshot/", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
     ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/fast.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),

@@ -33,8 +33,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use spaceroute::admission::Capacity;
 use spaceroute::reload::{Reloaded, Reloader};
-use spaceroute::router::admission::Capacity;
 use spaceroute::router::{self, Listener, Router, Timeouts};
 
 use common::{BETA, HQ_VPN, PROD_VPC, PUBLIC, SPACE, eventually};

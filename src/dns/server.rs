@@ -3,9 +3,14 @@
 //! No DNS decisions are made here. Servers are given bound sockets and a shutdown token (as in
 //! mini-redis), so tests bind port 0. UDP runs on worker threads ([`super::udp`]); TCP (RFC 7766)
 //! reads length-prefixed queries one after another on each connection, so a client may
-//! pipeline, closes a connection idle for `tcp_idle`, and refuses connections past
-//! `tcp_max_connections`. A query that `answer` marks for relaying goes to the [`Forwarder`]
-//! (in its own task over UDP, so the receive loop never waits on an upstream).
+//! pipeline, and closes a connection idle for `tcp_idle`. Connections are admitted by an
+//! [`Gate`]: at most `tcp_max_connections`, of which untrusted sources hold at most
+//! half (64 per address, 256 per /24 or /64), so that the public cannot take the places of a
+//! space's resolvers; when a cap is reached, the connection under it idle longest (for at least
+//! [`EVICT_AFTER`]) is closed to make room (RFC 7766 §6.2.2). A connection answers one query at
+//! a time, so queries in flight over TCP are at most the connections. A query that `answer`
+//! marks for relaying goes to the [`Forwarder`] (in its own task over UDP, so the receive loop
+//! never waits on an upstream).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +20,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::admission::{Admitted, Capacity, Gate};
 use crate::dns::answer::{Answer, Transport, answer};
 use crate::dns::forward::Forwarder;
 use crate::dns::udp;
@@ -53,12 +58,15 @@ impl Default for Limits {
     }
 }
 
+/// How long a TCP connection must have been idle to be closed for a newcomer when full.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
 /// What every loop of one DNS server shares.
 pub(super) struct Server {
     pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(super) metrics: Arc<Metrics>,
     limits: Limits,
-    connections: Arc<Semaphore>,
+    connections: Arc<Gate>,
     forwarder: Forwarder,
     pub(super) shutdown: CancellationToken,
 }
@@ -77,7 +85,11 @@ pub async fn run(
         snapshot,
         metrics,
         limits,
-        connections: Arc::new(Semaphore::new(limits.tcp_max_connections)),
+        connections: Gate::evicting(
+            "dns tcp",
+            Capacity::for_total(limits.tcp_max_connections),
+            EVICT_AFTER,
+        ),
         forwarder: Forwarder::new(limits.forward_in_flight, limits.forward_timeout),
         shutdown,
     });
@@ -148,23 +160,29 @@ async fn accept_tcp(listener: TcpListener, server: Arc<Server>, tasks: TaskTrack
                 continue;
             }
         };
-        let Ok(permit) = server.connections.clone().try_acquire_owned() else {
-            debug!(%peer, "tcp connection limit reached, closing");
+        let trusted = server.snapshot.load().access.trusted(peer.ip());
+        let Ok(admitted) = server.connections.admit(peer.ip(), trusted) else {
+            debug!(%peer, "tcp connection cap reached, closing");
             continue;
         };
         let server = server.clone();
         tasks.spawn(async move {
-            if let Err(e) = serve_tcp(stream, peer, &server).await {
+            if let Err(e) = serve_tcp(stream, peer, &server, &admitted).await {
                 debug!(error = %e, %peer, "tcp connection ended");
             }
-            drop(permit);
         });
     }
 }
 
 /// Answers length-prefixed queries on one connection until the client closes it, it idles
-/// past the idle limit, a read or write fails, or shutdown.
-async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> io::Result<()> {
+/// past the idle limit, a read or write fails, the gate evicts it, or shutdown (which lets the
+/// query being answered finish).
+async fn serve_tcp(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    server: &Server,
+    admitted: &Admitted,
+) -> io::Result<()> {
     let idle = server.limits.tcp_idle;
     let mut buf = vec![0u8; 65_535];
     loop {
@@ -175,8 +193,13 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(()),
             },
+            () = admitted.evicted() => {
+                debug!(%peer, "idle tcp connection closed for a newcomer");
+                return Ok(());
+            }
             () = server.shutdown.cancelled() => return Ok(()),
         };
+        admitted.touch();
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
@@ -190,6 +213,7 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, server: &Server) -> 
         framed.extend_from_slice(&reply_len.to_be_bytes());
         framed.extend_from_slice(&reply);
         tokio::time::timeout(idle, stream.write_all(&framed)).await??;
+        admitted.touch();
     }
 }
 

@@ -4,7 +4,6 @@
 //! connection with hyper, and hands every request to [`proxy::handle`]. On shutdown it stops
 //! accepting and lets connections finish their requests for a bounded time.
 
-pub mod admission;
 pub mod body;
 pub mod headers;
 pub mod idle;
@@ -26,9 +25,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Capacity, Gate};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use admission::{Capacity, Gate};
 use idle::{Activity, Watched};
 use logger::RequestLog;
 use proxy::Downstream;
@@ -99,14 +98,14 @@ impl Router {
             metrics,
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
-            gate: Gate::new(Capacity::default()),
+            gate: Gate::new("router", Capacity::default()),
             log: RequestLog::default(),
         }
     }
 
     /// The same router holding at most `capacity` client connections.
     pub fn with_capacity(mut self, capacity: Capacity) -> Router {
-        self.gate = Gate::new(capacity);
+        self.gate = Gate::new("router", capacity);
         self
     }
 
