@@ -101,7 +101,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(runtime) => runtime.block_on(serve(args)),
+            Ok(runtime) => {
+                let code = runtime.block_on(serve(args));
+                // Not waiting for a first load that a signal interrupted.
+                runtime.shutdown_timeout(Duration::from_millis(200));
+                code
+            }
             Err(e) => {
                 error!("cannot start the runtime: {e}");
                 ExitCode::FAILURE
@@ -156,11 +161,28 @@ fn router_capacity(open_files: u64, dns_tcp: usize) -> Capacity {
 }
 
 async fn serve(args: Serve) -> ExitCode {
+    // Signals first: a SIGHUP during a long first load must not kill the process (the default
+    // action), and a SIGTERM then stops it.
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return fatal("cannot install signal handlers");
+    };
     let open_files = raise_open_files();
     let zones = &args.zones;
-    let reloader = match Reloader::load(zones) {
-        Ok(reloader) => Arc::new(reloader),
-        Err(diagnostics) => {
+    info!(zones = %zones.display(), "loading");
+    let dir = zones.clone();
+    let loaded = tokio::select! {
+        loaded = tokio::task::spawn_blocking(move || Reloader::load(&dir)) => loaded,
+        _ = term.recv() => return stopped_while_loading("SIGTERM"),
+        _ = int.recv() => return stopped_while_loading("SIGINT"),
+    };
+    let reloader = match loaded {
+        Ok(Ok(reloader)) => Arc::new(reloader),
+        Ok(Err(diagnostics)) => {
             for d in &diagnostics {
                 error!("{d}");
             }
@@ -170,6 +192,7 @@ async fn serve(args: Serve) -> ExitCode {
                 diagnostics.len()
             ));
         }
+        Err(e) => return fatal(format_args!("loading {} failed: {e}", zones.display())),
     };
     info!(zones = %zones.display(), "loaded {}", reloader.summary());
     let (triggers, receiver) = mpsc::unbounded_channel();
@@ -245,14 +268,6 @@ async fn serve(args: Serve) -> ExitCode {
         }
     }
 
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    );
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
-        return fatal("cannot install signal handlers");
-    };
     let shutdown = CancellationToken::new();
     let reloads = tokio::spawn(reload::run(
         reloader.clone(),
@@ -285,7 +300,8 @@ async fn serve(args: Serve) -> ExitCode {
         "connection caps"
     );
     let router = Router::new(reloader.snapshot(), Timeouts::default(), metrics.clone());
-    let router = router.with_capacity(capacity).with_log(request_log());
+    let log = request_log();
+    let router = router.with_capacity(capacity).with_log(log.clone());
     let router = Arc::new(router);
     let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
     for listener in metrics_listeners {
@@ -306,11 +322,33 @@ async fn serve(args: Serve) -> ExitCode {
         }
     }
     shutdown.cancel();
-    // DNS queries take microseconds; the router drains its requests for a bounded time.
-    let _ = tokio::time::timeout(Duration::from_secs(5), dns).await;
-    let _ = http.await;
+    // DNS queries take microseconds (a TCP connection finishes the query it is answering); the
+    // router drains its requests for a bounded time. A second signal stops at once.
+    let drain = async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), dns).await;
+        let _ = http.await;
+    };
+    tokio::select! {
+        () = drain => {}
+        _ = term.recv() => {
+            warn!("SIGTERM again, stopping without waiting for requests in flight");
+            log.flush();
+            return ExitCode::SUCCESS;
+        }
+        _ = int.recv() => {
+            warn!("SIGINT again, stopping without waiting for requests in flight");
+            log.flush();
+            return ExitCode::SUCCESS;
+        }
+    }
     reloads.abort();
     info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// A stop signal before the first load finished: nothing serves yet, so nothing drains.
+fn stopped_while_loading(signal: &str) -> ExitCode {
+    info!("{signal} while loading, stopped");
     ExitCode::SUCCESS
 }
 

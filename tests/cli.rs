@@ -343,3 +343,96 @@ fn serve_exits_1_when_the_dns_address_is_taken() {
     let want = format!("cannot listen for dns on {addr}");
     assert!(serve.said(&want), "want {want:?} in {:#?}", serve.seen);
 }
+
+/// A space of `apps` apps, big enough that loading it takes a while.
+fn big_space(apps: usize) -> TempDir {
+    let mut yaml = String::from(
+        "space: big\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10]}\napps:\n",
+    );
+    for n in 0..apps {
+        yaml.push_str(&format!(
+            "  - name: app-{n}\n    dynos:\n      - {{name: web.1, ip: 127.16.1.1, port: 5000}}\n"
+        ));
+    }
+    zones(&[("big.yaml", &yaml)])
+}
+
+fn kill(serve: &Serve, signal: &str) {
+    let pid = serve.child.id().to_string();
+    let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(sent.success());
+}
+
+/// Issue 10: the handlers are installed before the first load, so a SIGHUP while loading (a
+/// service manager's reload, a log rotation) is a reload once serving, not the end of the
+/// process, and a SIGTERM while loading stops it at once.
+#[tokio::test]
+async fn issue_10_signals_during_the_first_load_reload_or_stop_instead_of_killing() {
+    let dir = big_space(100_000);
+    let mut serve = Serve::start(dir.path(), "127.0.0.1:0");
+    serve.line("loading", Duration::from_secs(10));
+    kill(&serve, "-HUP");
+    // The signal went a moment after "loading"; the load took far longer than that moment.
+    let stages = serve.line("compiled the zones directory", Duration::from_secs(120));
+    let took: f64 = (stages.split_whitespace())
+        .filter_map(|w| w.split_once("_ms="))
+        .filter_map(|(_, ms)| ms.parse::<f64>().ok())
+        .sum();
+    assert!(
+        took > 100.0,
+        "the load was too quick to show anything: {stages}"
+    );
+    let line = serve.line("listening dns ", Duration::from_secs(120));
+    serve.line("SIGHUP, reloading", Duration::from_secs(120));
+    let addr: SocketAddr = (line.split_whitespace())
+        .find_map(|w| w.strip_prefix("udp="))
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let m = udp(addr, SPACE, "app-99999.herokuapp.com.", RecordType::A).await;
+    assert_eq!(data(&m), ["127.16.0.10"]);
+    drop(serve);
+
+    let mut serve = Serve::start(dir.path(), "127.0.0.1:0");
+    serve.line("loading", Duration::from_secs(10));
+    kill(&serve, "-TERM");
+    let status = serve.exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{:#?}", serve.seen);
+    assert!(serve.said("SIGTERM while loading"), "{:#?}", serve.seen);
+}
+
+/// Issue 10: the first SIGTERM lets requests in flight finish (up to 10 s); a second one
+/// stops at once.
+#[tokio::test]
+async fn issue_10_a_second_sigterm_stops_without_waiting_for_requests_in_flight() {
+    // A dyno that takes connections and never answers.
+    let dyno = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = dyno.local_addr().unwrap();
+    let yaml = format!(
+        "space: alpha\nnetwork: 127.16.0.0/16\nrouter: {{private: [127.16.0.10]}}\napps:\n  \
+         - name: slow-app\n    dynos:\n      - {{name: web.1, ip: 127.0.0.1, port: {}}}\n",
+        at.port()
+    );
+    let dir = zones(&[("alpha.yaml", &yaml)]);
+    let mut serve = Serve::start(dir.path(), "127.0.0.1:0");
+    let line = serve.line("listening http=", Duration::from_secs(10));
+    let http: SocketAddr = (line.split("listening http=").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap();
+    let mut client = tcp_connect(http, SPACE).await;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut client,
+        b"GET / HTTP/1.1\r\nHost: slow-app.herokuapp.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The request reached the dyno: it is in flight.
+    let (_held, _) = dyno.accept().unwrap();
+    kill(&serve, "-TERM");
+    serve.line("SIGTERM, shutting down", Duration::from_secs(5));
+    let started = Instant::now();
+    kill(&serve, "-TERM");
+    let status = serve.exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{:#?}", serve.seen);
+    assert!(serve.said("SIGTERM again"), "{:#?}", serve.seen);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
