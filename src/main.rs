@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use spaceroute::admission::Capacity;
 use spaceroute::config;
+use spaceroute::dns::rrl::RateLimits;
 use spaceroute::dns::server::{self, Limits};
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
 use spaceroute::router::logger::{Batched, RequestLog};
@@ -83,6 +84,18 @@ struct Serve {
     /// one per core.
     #[arg(long)]
     dns_workers: Option<usize>,
+    /// UDP replies per second to one source /24 (or /56) in one class of response (answers
+    /// per name, empty answers per name, NXDOMAIN, errors), for sources no space trusts; past
+    /// it replies are dropped or slipped (response rate limiting). 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().public)]
+    rrl_public: u32,
+    /// The same for sources a space trusts.
+    #[arg(long, default_value_t = RateLimits::default().trusted)]
+    rrl_trusted: u32,
+    /// Every Nth reply past the rate limit goes out truncated (TC=1), so real resolvers retry
+    /// over TCP; 0 drops them all.
+    #[arg(long, default_value_t = RateLimits::default().slip)]
+    rrl_slip: u32,
 }
 
 fn main() -> ExitCode {
@@ -280,6 +293,11 @@ async fn serve(args: Serve) -> ExitCode {
         tcp_idle: Duration::from_secs(args.tcp_idle),
         tcp_max_connections: args.tcp_max_connections,
         udp_workers: args.dns_workers.unwrap_or(Limits::default().udp_workers),
+        rate: RateLimits {
+            public: args.rrl_public,
+            trusted: args.rrl_trusted,
+            slip: args.rrl_slip,
+        },
         ..Limits::default()
     };
     let metrics = reloader.metrics();

@@ -35,6 +35,11 @@ struct DnsLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     status: u16,
     code: &'static str,
@@ -51,6 +56,8 @@ pub struct DnsCounters {
     answered: [[AtomicU64; RCODES]; 2],
     /// Packets dropped unanswered (responses, runts).
     dropped: AtomicU64,
+    /// Replies over the rate limits: dropped, and sent truncated instead (slipped).
+    rate_limited: [AtomicU64; 2],
 }
 
 impl DnsCounters {
@@ -64,6 +71,13 @@ impl DnsCounters {
             None => &self.dropped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl DnsCounters {
+    /// Counts a reply over the rate limits, `slipped` (sent truncated) or dropped.
+    pub fn rate_limited(&self, slipped: bool) {
+        self.rate_limited[usize::from(slipped)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -86,7 +100,11 @@ impl Collector for DnsShards {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut answered = [[0u64; RCODES]; 2];
         let mut dropped = 0;
+        let mut rate_limited = [0u64; 2];
         for shard in lock(&self.shards).iter() {
+            for (sum, counter) in rate_limited.iter_mut().zip(&shard.rate_limited) {
+                *sum += counter.load(Ordering::Relaxed);
+            }
             for (sums, counters) in answered.iter_mut().zip(&shard.answered) {
                 for (sum, counter) in sums.iter_mut().zip(counters) {
                     *sum += counter.load(Ordering::Relaxed);
@@ -105,6 +123,12 @@ impl Collector for DnsShards {
                 };
                 ConstCounter::new(sum).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let help = "DNS replies over the rate limits, dropped or sent truncated (slipped)";
+        let mut family =
+            encoder.encode_descriptor("dns_rate_limited", help, None, MetricType::Counter)?;
+        for (action, sum) in ["drop", "slip"].into_iter().zip(rate_limited) {
+            ConstCounter::new(sum).encode(family.encode_family(&ActionLabels { action })?)?;
         }
         let help = "DNS packets dropped (responses, runts)";
         let counter = ConstCounter::new(dropped);

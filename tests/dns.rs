@@ -10,6 +10,7 @@ use hickory_proto::op::ResponseCode::{self, NXDomain, NoError, Refused};
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::RData;
 use hickory_proto::rr::RecordType::{self, A, MX};
+use spaceroute::dns::rrl::RateLimits;
 use spaceroute::dns::server::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -486,6 +487,127 @@ async fn issue_10_a_public_flood_of_idle_tcp_connections_leaves_trusted_resolver
     server.stop().await;
 }
 
+/// A query for `name`/A with EDNS and, when given, a COOKIE option of `cookie`.
+fn cookie_query(name: &str, cookie: Option<&[u8]>) -> Vec<u8> {
+    use hickory_proto::rr::rdata::opt::EdnsOption;
+    let mut m = Message::from_vec(&query(name, A, Some(1232))).unwrap();
+    if let (Some(cookie), Some(edns)) = (cookie, m.edns.as_mut()) {
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(10, cookie.to_vec()));
+    }
+    m.to_vec().unwrap()
+}
+
+/// The COOKIE option of a reply.
+fn cookie_of(m: &Message) -> Option<Vec<u8>> {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    match m.edns.as_ref()?.options().get(EdnsCode::Cookie)? {
+        EdnsOption::Unknown(_, data) => Some(data.clone()),
+        _ => None,
+    }
+}
+
+/// Sends `count` copies of `query` (fresh IDs) over UDP from `from` at once and sorts the
+/// replies that come within a second: (full answers, truncated stand-ins).
+async fn flood(to: std::net::SocketAddr, from: &str, query: &[u8], count: u16) -> (usize, usize) {
+    let socket = udp_client(from).await;
+    let (mut full, mut slipped) = (0, 0);
+    let mut buf = vec![0u8; 4096];
+    let mut sort =
+        |n: usize, buf: &[u8]| match Message::from_vec(&buf[..n]).unwrap().metadata.truncation {
+            true => slipped += 1,
+            false => full += 1,
+        };
+    // In bursts of 50, taking what came back in between, so that no reply is lost to the
+    // client's receive buffer.
+    for id in 0..count {
+        let mut q = query.to_vec();
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        socket.send_to(&q, to).await.unwrap();
+        if id % 50 == 49 {
+            while let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(5), socket.recv_from(&mut buf)).await
+            {
+                sort(n, &buf);
+            }
+        }
+    }
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(1000), socket.recv_from(&mut buf)).await
+    {
+        sort(n, &buf);
+    }
+    (full, slipped)
+}
+
+/// Issue 10: a spoofed public flood got every reply (19x amplification from a public TXT).
+/// Now a public source gets its rate and every other reply past it truncated (so that a real
+/// resolver retries over TCP), while a trusted source flooding in the same run gets every
+/// answer; a server cookie proves the source, which then gets every answer too.
+#[tokio::test]
+async fn issue_10_a_public_udp_flood_is_rate_limited_a_trusted_one_and_cookies_are_not() {
+    let server = Server::start(&fixture_dir()).await;
+    let public = query("std-app.herokuapp.com.", A, Some(1232));
+    let trusted = query("internal-app.herokuapp.com.", A, Some(1232));
+    let started = Instant::now();
+    let ((full, slipped), (trusted_full, trusted_slipped)) = tokio::join!(
+        flood(server.addr, PUBLIC, &public, 400),
+        flood(server.addr, SPACE, &trusted, 400),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!((trusted_full, trusted_slipped), (400, 0));
+    // 20 a second, a second's worth at first.
+    let allowed = 20 + (20.0 * seconds).ceil() as usize;
+    assert!(
+        (20..=allowed).contains(&full),
+        "{full} full answers in {seconds:.1} s"
+    );
+    let limited = 400 - full;
+    assert!(
+        slipped.abs_diff(limited / 2) <= 1,
+        "{slipped} of {limited} limited replies slipped"
+    );
+    // Over TCP the same source gets its answer.
+    let m = tcp(server.addr, PUBLIC, "std-app.herokuapp.com.", A).await;
+    assert_eq!(data(&m), ["127.100.0.10"]);
+
+    // A client cookie gets our cookie back; with it, the flood is answered in full.
+    let client_cookie = [0x5a; 8];
+    let bytes = udp_raw(
+        server.addr,
+        "127.201.0.1",
+        &cookie_query("std-app.herokuapp.com.", Some(&client_cookie)),
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("a reply");
+    let cookie = cookie_of(&Message::from_vec(&bytes).unwrap()).expect("our cookie");
+    assert_eq!(
+        (&cookie[..8], cookie.len(), cookie[8]),
+        (&client_cookie[..], 24, 1)
+    );
+    let with_cookie = cookie_query("std-app.herokuapp.com.", Some(&cookie));
+    assert_eq!(
+        flood(server.addr, "127.201.0.1", &with_cookie, 200).await,
+        (200, 0)
+    );
+    // The same cookie from another address proves nothing.
+    let (full, _) = flood(server.addr, "127.202.0.1", &with_cookie, 200).await;
+    assert!(full < 100, "{full}");
+    // A COOKIE option of a length no cookie has is FORMERR.
+    let bytes = udp_raw(
+        server.addr,
+        "127.203.0.1",
+        &cookie_query("std-app.herokuapp.com.", Some(&[1, 2, 3])),
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("a reply");
+    let m = Message::from_vec(&bytes).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    server.stop().await;
+}
+
 /// xorshift64: a seeded PRNG, so a failing run can be replayed.
 struct Rng(u64);
 
@@ -714,7 +836,16 @@ async fn storm_tcp(server: &Server, from: &str, rng: &mut Rng, next_id: &mut u16
 
 #[tokio::test]
 async fn survives_random_and_mutated_packets_and_answers_only_queries() {
-    let server = Server::start(&fixture_dir()).await;
+    // Every answerable packet gets its reply: no rate limits in this storm.
+    let limits = Limits {
+        rate: RateLimits {
+            public: 0,
+            trusted: 0,
+            slip: 0,
+        },
+        ..Limits::default()
+    };
+    let server = Server::start_with(&fixture_dir(), limits).await;
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let mut next_id = 0u16;
     for from in [SPACE, PUBLIC] {

@@ -51,6 +51,43 @@ fn dig_from_the_space_gets_private_answers_with_aa() {
     }
 }
 
+/// Issue 10: dig (which sends a client cookie by default) gets it back with our server cookie
+/// and calls it good; kdig, sending the server cookie it got, gets the same answer.
+#[test]
+#[ignore = "needs dig and kdig"]
+fn issue_10_dig_and_kdig_get_our_dns_cookie_back() {
+    let server = Binary::start(&fixture_dir());
+    let r = dig(
+        &server,
+        PUBLIC,
+        "std-app.herokuapp.com",
+        "A",
+        false,
+        &["+cookie"],
+    );
+    r.expect("NOERROR", &["127.100.0.10"]);
+    let line = (r.text.lines())
+        .find(|l| l.contains("COOKIE:"))
+        .unwrap_or_else(|| panic!("no cookie: {r}"));
+    assert!(line.ends_with("(good)"), "{line}");
+    // 8 bytes of client cookie, then version 1 and three reserved zero bytes.
+    let hex = line.split_whitespace().nth(2).unwrap_or("");
+    assert_eq!((hex.len(), &hex[16..24]), (48, "01000000"), "{line}");
+    let r = kdig(
+        &server,
+        PUBLIC,
+        "std-app.herokuapp.com",
+        "A",
+        false,
+        &[&format!("+cookie={hex}")],
+    );
+    r.expect("NOERROR", &["127.100.0.10"]);
+    assert!(
+        r.text.to_lowercase().contains(&hex[..16].to_lowercase()),
+        "{r}"
+    );
+}
+
 #[test]
 #[ignore = "needs dig"]
 fn dig_from_peers_sees_what_each_peer_is_allowed() {

@@ -1,8 +1,12 @@
-//! The DNS server: the pure answer function and the UDP/TCP loops around it.
+//! The DNS server: the pure answer function and the UDP/TCP loops around it, with the guards
+//! a reply passes on its way out (cookies, rate limits).
 
 pub mod answer;
+pub mod cookie;
 mod fast;
 pub mod forward;
 pub mod resolve;
+pub mod rrl;
 pub mod server;
 mod udp;
+pub mod wire;

@@ -15,7 +15,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,8 +26,10 @@ use tracing::{debug, warn};
 
 use crate::admission::{Admitted, Capacity, Gate};
 use crate::dns::answer::{Answer, Transport, answer};
+use crate::dns::cookie::{self, Cookies, Seen};
 use crate::dns::forward::Forwarder;
-use crate::dns::udp;
+use crate::dns::rrl::{self, RateLimits, Rrl, Verdict};
+use crate::dns::{udp, wire};
 use crate::metrics::{self, DnsCounters, Metrics};
 use crate::snapshot::Snapshot;
 
@@ -44,6 +46,8 @@ pub struct Limits {
     pub forward_in_flight: usize,
     /// How long an upstream has to answer one relayed query (over UDP, then again over TCP).
     pub forward_timeout: Duration,
+    /// Response rate limits for UDP.
+    pub rate: RateLimits,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             udp_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             forward_in_flight: 512,
             forward_timeout: Duration::from_millis(1500),
+            rate: RateLimits::default(),
         }
     }
 }
@@ -68,6 +73,8 @@ pub(super) struct Server {
     limits: Limits,
     connections: Arc<Gate>,
     forwarder: Forwarder,
+    rrl: Rrl,
+    cookies: Cookies,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -91,6 +98,8 @@ pub async fn run(
             EVICT_AFTER,
         ),
         forwarder: Forwarder::new(limits.forward_in_flight, limits.forward_timeout),
+        rrl: Rrl::new(limits.rate),
+        cookies: Cookies::new(),
         shutdown,
     });
     let tasks = TaskTracker::new();
@@ -143,6 +152,55 @@ pub(super) async fn respond(
     }
     record(server.metrics.dns_shared(), &result, peer, transport);
     result.reply
+}
+
+impl Server {
+    /// What goes out for `reply` to `query` from `client` over `transport`: with our cookie
+    /// when the query had one (FORMERR for a malformed one), and over UDP within the rate
+    /// limits unless the query's server cookie proves its source (a truncated stand-in or
+    /// nothing past them).
+    pub(super) fn guard(
+        &self,
+        snapshot: &Snapshot,
+        counters: &DnsCounters,
+        mut reply: Vec<u8>,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        let seen = self.cookies.check(query, client, now);
+        match seen {
+            Seen::None => {}
+            Seen::Malformed => reply = cookie::formerr(reply),
+            Seen::Client(client_cookie) | Seen::Valid(client_cookie) => {
+                let limit = match transport {
+                    Transport::Udp => (wire::find_opt(query))
+                        .map_or(512, |opt| opt.payload(query))
+                        .clamp(512, 1232),
+                    Transport::Tcp => u16::MAX,
+                };
+                (self.cookies).answer(&mut reply, client_cookie, client, now, limit.into());
+            }
+        }
+        if transport == Transport::Tcp || matches!(seen, Seen::Valid(_)) {
+            return Some(reply);
+        }
+        let trusted = snapshot.access.trusted(client);
+        match self.rrl.check(client, trusted, query, &reply) {
+            Verdict::Send => Some(reply),
+            Verdict::Slip => {
+                counters.rate_limited(true);
+                Some(rrl::slipped(reply))
+            }
+            Verdict::Drop => {
+                counters.rate_limited(false);
+                None
+            }
+        }
+    }
 }
 
 async fn accept_tcp(listener: TcpListener, server: Arc<Server>, tasks: TaskTracker) {
@@ -204,6 +262,19 @@ async fn serve_tcp(
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
         let Some(reply) = respond(server, result, message, peer, Transport::Tcp).await else {
+            continue;
+        };
+        let snapshot = server.snapshot.load();
+        let counters = server.metrics.dns_shared();
+        let guarded = server.guard(
+            &snapshot,
+            counters,
+            reply,
+            message,
+            peer.ip(),
+            Transport::Tcp,
+        );
+        let Some(reply) = guarded else {
             continue;
         };
         let Ok(reply_len) = u16::try_from(reply.len()) else {

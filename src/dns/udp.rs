@@ -114,6 +114,18 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
                 let (server, socket, query) = (server.clone(), socket.clone(), query.to_vec());
                 tasks.spawn(async move {
                     let reply = respond(&server, result, &query, peer, Transport::Udp).await;
+                    let snapshot = server.snapshot.load();
+                    let counters = server.metrics.dns_shared();
+                    let reply = reply.and_then(|reply| {
+                        server.guard(
+                            &snapshot,
+                            counters,
+                            reply,
+                            &query,
+                            peer.ip(),
+                            Transport::Udp,
+                        )
+                    });
                     if let Some(reply) = reply
                         && let Err(e) = socket.send_to(&reply, peer)
                     {
@@ -123,7 +135,17 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
                 continue;
             }
             record(&counters, &result, peer, Transport::Udp);
-            if let Some(reply) = result.reply {
+            let reply = result.reply.and_then(|reply| {
+                server.guard(
+                    &snapshot,
+                    &counters,
+                    reply,
+                    query,
+                    peer.ip(),
+                    Transport::Udp,
+                )
+            });
+            if let Some(reply) = reply {
                 replies.push((reply, peer));
             }
         }
