@@ -2604,3 +2604,116 @@ fn assert_same_file(got: &Path, want: &Path) {
         );
     }
 }
+
+/// Issue 10: the README's quick start, run as written against the binary on a copy of
+/// `zones/` (free ports in place of 5353, 8080 and the stand-in dyno's 5000): every command's
+/// output shown there (ids aside) appears in the real output, and the router's log lines shown
+/// there appear in the server's log (request ids, times and sizes aside).
+#[test]
+#[ignore = "needs dig, curl and python3"]
+fn readme_quick_start_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme.find("## Quick start").expect("a quick start");
+    let section = &readme[start..];
+    let block = |fence: &str| -> Vec<String> {
+        let from = section.find(fence).unwrap_or_else(|| panic!("no {fence} block")) + fence.len();
+        let body = &section[from..];
+        let end = body.find("```").unwrap();
+        body[..end].trim().lines().map(str::to_string).collect()
+    };
+    let console = block("```console\n");
+    let logged = block("```text\n");
+
+    let dyno_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let zones = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root.join("zones")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("port: 5000}", &format!("port: {dyno_port}}}"));
+        std::fs::write(zones.path().join(path.file_name().unwrap()), text).unwrap();
+    }
+    let server = Binary::start(zones.path());
+    let (dns, http) = (server.dns.port(), server.http.unwrap().port());
+    let as_here = |command: &str| {
+        command
+            .replace("-p 5353", &format!("-p {dns}"))
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+            .replace("http.server 5000", &format!("http.server {dyno_port}"))
+    };
+    let normal = |line: &str| {
+        let line = match line.find("id: ") {
+            Some(at) => format!("{}id: N", &line[..at]),
+            None => line.to_string(),
+        };
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+
+    // Commands and the output shown under each.
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    for line in &console {
+        match line.strip_prefix("$ ") {
+            Some(command) => steps.push((command.to_string(), Vec::new())),
+            None => steps.last_mut().expect("output after a command").1.push(line.clone()),
+        }
+    }
+    let mut background: Vec<Child> = Vec::new();
+    let mut problems = Vec::new();
+    for (command, shown) in &steps {
+        let command = as_here(command);
+        if let Some(command) = command.strip_suffix(" &") {
+            let child = Command::new("sh")
+                .args(["-c", &format!("exec {command}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            background.push(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", dyno_port)).is_err() {
+                assert!(Instant::now() < deadline, "{command} did not start listening");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        }
+        let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let got: Vec<String> = text.lines().map(normal).collect();
+        for line in shown {
+            if !got.contains(&normal(line)) {
+                problems.push(format!("{command}\n  shown: {line}\n  got:\n{text}"));
+            }
+        }
+    }
+    // The log lines, without what differs from run to run.
+    let volatile = ["request_id=", "connect=", "service=", "bytes="];
+    for shown in &logged {
+        let fields: Vec<&str> = (shown.split_whitespace())
+            .filter(|f| f.contains('=') && !volatile.iter().any(|v| f.starts_with(v)))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server
+            .logs()
+            .iter()
+            .any(|l| l.contains("spaceroute::router") && fields.iter().all(|f| l.contains(f)))
+        {
+            if Instant::now() > deadline {
+                problems.push(format!(
+                    "no log line like\n  {shown}\nin\n{}",
+                    server.logs().join("\n")
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for mut child in background {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
