@@ -49,6 +49,19 @@ enum Command {
         #[arg(long, default_value = "zones")]
         zones: PathBuf,
     },
+    /// Ask a running server one DNS question over UDP; exit 0 if it answers (any rcode), 1 if
+    /// not within the timeout. For readiness probes: a server answers only once it has loaded.
+    Probe {
+        /// The server's DNS address.
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
+        /// The name asked (its SOA).
+        #[arg(default_value = ".")]
+        name: String,
+        /// Milliseconds to wait for the answer.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Args)]
@@ -110,6 +123,11 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { zones } => check(&zones),
+        Command::Probe {
+            dns,
+            name,
+            timeout_ms,
+        } => probe(dns, &name, Duration::from_millis(timeout_ms)),
         Command::Serve(args) => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -362,6 +380,47 @@ async fn serve(args: Serve) -> ExitCode {
     reloads.abort();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `spaceroute probe`: one SOA question to `dns`, answered or not.
+fn probe(dns: SocketAddr, name: &str, timeout: Duration) -> ExitCode {
+    let asked = (|| -> Result<u16, String> {
+        let name = hickory_proto::rr::Name::from_ascii(name).map_err(|e| e.to_string())?;
+        let mut query = hickory_proto::op::Message::query();
+        query.metadata.id = rand::random();
+        query.add_query(hickory_proto::op::Query::query(
+            name,
+            hickory_proto::rr::RecordType::SOA,
+        ));
+        let bytes = query.to_vec().map_err(|e| e.to_string())?;
+        let local: SocketAddr = match dns {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        socket.send_to(&bytes, dns).map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 4096];
+        loop {
+            let (n, from) = socket.recv_from(&mut reply).map_err(|e| e.to_string())?;
+            // The reply to our question: from the server, with our ID and QR set.
+            if from == dns && n >= 12 && reply[..2] == bytes[..2] && reply[2] & 0x80 != 0 {
+                return Ok(u16::from(reply[3] & 0x0f));
+            }
+        }
+    })();
+    match asked {
+        Ok(rcode) => {
+            info!(rcode, "{dns} answered");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{dns} did not answer: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A stop signal before the first load finished: nothing serves yet, so nothing drains.

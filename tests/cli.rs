@@ -436,3 +436,43 @@ async fn issue_10_a_second_sigterm_stops_without_waiting_for_requests_in_flight(
     assert!(serve.said("SIGTERM again"), "{:#?}", serve.seen);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Issue 10: `spaceroute probe`, the readiness probe of the Kubernetes example, exits 0 once a
+/// server answers (whatever the rcode: 127.0.0.1 is public to the fixture) and 1 when nothing
+/// does.
+#[tokio::test]
+async fn issue_10_probe_exits_0_when_the_server_answers_and_1_when_none_does() {
+    let mut serve = Serve::start(Path::new("tests/data/two-spaces"), "127.0.0.1:0");
+    let line = serve.line("listening dns ", Duration::from_secs(10));
+    let addr = (line.split_whitespace())
+        .find_map(|w| w.strip_prefix("udp="))
+        .unwrap()
+        .to_string();
+    let probe = |addr: &str| {
+        spaceroute()
+            .args([
+                "probe",
+                "--dns",
+                addr,
+                "--timeout-ms",
+                "500",
+                "herokuapp.com",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = probe(&addr);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("answered rcode=5"),
+        "{out:?}"
+    );
+    drop(serve);
+    // Nothing listens there now.
+    let out = probe(&addr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer"),
+        "{out:?}"
+    );
+}

@@ -595,3 +595,72 @@ async fn metrics_count_reloads_failures_serials_and_queries() {
         Some("2")
     );
 }
+
+/// Lays out `files` as Kubernetes mounts a ConfigMap: the data in a timestamped directory,
+/// `..data` pointing at it, and each file a symlink through `..data`. Returns the directory.
+fn configmap_version(dir: &Path, version: &str, files: &[(String, String)]) -> String {
+    let data = format!("..2026_11_30_00_00_00.{version}");
+    fs::create_dir(dir.join(&data)).unwrap();
+    for (name, text) in files {
+        fs::write(dir.join(&data).join(name), text).unwrap();
+    }
+    data
+}
+
+/// The fixture's files, by name.
+fn fixture_files() -> Vec<(String, String)> {
+    (fs::read_dir(fixture_dir()).unwrap())
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Issue 10: Kubernetes updates a mounted ConfigMap by writing a new timestamped directory and
+/// swapping the `..data` symlink to it in one rename, then deleting the old directory. That is
+/// exactly one reload, with the new answers, and no error on the way.
+#[tokio::test]
+async fn issue_10_a_configmap_update_by_symlink_swap_is_one_reload_with_the_new_answers() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let files = fixture_files();
+    let first = configmap_version(dir.path(), "1", &files);
+    symlink(&first, dir.path().join("..data")).unwrap();
+    for (name, _) in &files {
+        symlink(format!("..data/{name}"), dir.path().join(name)).unwrap();
+    }
+    let b = Binary::start(dir.path());
+    assert_eq!(
+        ask(&b, SPACE, "new-app.herokuapp.com.", RecordType::A)
+            .await
+            .0,
+        ResponseCode::NXDomain
+    );
+
+    // The kubelet's update: new directory, `..data_tmp` renamed over `..data`, old one removed.
+    let updated: Vec<(String, String)> = (files.iter())
+        .map(|(name, text)| match name.as_str() {
+            "alpha.yaml" => (name.clone(), format!("{text}{NEW_APP}")),
+            _ => (name.clone(), text.clone()),
+        })
+        .collect();
+    let second = configmap_version(dir.path(), "2", &updated);
+    symlink(&second, dir.path().join("..data_tmp")).unwrap();
+    fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    fs::remove_dir_all(dir.path().join(&first)).unwrap();
+
+    let private = (ResponseCode::NoError, vec!["127.16.0.10".to_string()]);
+    settles(&b, SPACE, "new-app.herokuapp.com.", &private).await;
+    // Let any late event run its course before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let logs = b.logs();
+    let reloads: Vec<&String> = logs.iter().filter(|l| l.contains("reloaded:")).collect();
+    assert_eq!(reloads.len(), 1, "{}", logs.join("\n"));
+    assert!(reloads[0].contains("apps +alpha/new-app"), "{}", reloads[0]);
+    let bad: Vec<&String> = (logs.iter())
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
