@@ -15,6 +15,7 @@ pub mod access;
 pub mod admission;
 pub mod config;
 pub mod dns;
+pub mod explain;
 pub mod metrics;
 pub mod reload;
 pub mod router;

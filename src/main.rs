@@ -3,7 +3,7 @@
 //! Thin by design: parse the command line, load the config, bind sockets, start the servers,
 //! wait for a signal. Everything it calls lives in the library.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,6 +48,28 @@ enum Command {
         /// Directory of space files (*.yaml) and their zone files.
         #[arg(long, default_value = "zones")]
         zones: PathBuf,
+    },
+    /// Explain why a source gets the answer it gets for a name: who trusts it and through what,
+    /// what owns the name, which rule applied, and the exact answer.
+    Explain {
+        /// Directory of space files (*.yaml) and their zone files.
+        #[arg(long, default_value = "zones")]
+        zones: PathBuf,
+        /// The source address asking.
+        #[arg(long)]
+        from: IpAddr,
+        /// List every name the source may resolve instead.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The name asked.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// The type asked.
+        #[arg(default_value = "A")]
+        qtype: String,
     },
     /// Ask a running server one DNS question over UDP; exit 0 if it answers (any rcode), 1 if
     /// not within the timeout. For readiness probes: a server answers only once it has loaded.
@@ -123,6 +145,14 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { zones } => check(&zones),
+        Command::Explain {
+            zones,
+            from,
+            all,
+            json,
+            name,
+            qtype,
+        } => explain(&zones, from, name.as_deref().filter(|_| !all), &qtype, json),
         Command::Probe {
             dns,
             name,
@@ -157,6 +187,60 @@ fn check(zones: &Path) -> ExitCode {
                 eprintln!("{d}");
             }
             eprintln!("{}: {} error(s)", zones.display(), diagnostics.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `spaceroute explain`: loads and compiles `zones` as the server does, then explains `name`
+/// (or, without one, lists every name `from` may resolve).
+fn explain(zones: &Path, from: IpAddr, name: Option<&str>, qtype: &str, json: bool) -> ExitCode {
+    let reloader = match Reloader::load(zones) {
+        Ok(reloader) => reloader,
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("{}: {} error(s)", zones.display(), diagnostics.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshot = reloader.snapshot().load_full();
+    let Some(name) = name else {
+        let names = spaceroute::explain::visible_names(&snapshot, from);
+        if json {
+            println!("{}", serde_json::json!({ "source": from, "names": names }));
+        } else {
+            for name in names {
+                println!("{name}");
+            }
+        }
+        return ExitCode::SUCCESS;
+    };
+    let Ok(qtype) = qtype
+        .to_ascii_uppercase()
+        .parse::<hickory_proto::rr::RecordType>()
+    else {
+        eprintln!("{qtype:?} is not a record type");
+        return ExitCode::FAILURE;
+    };
+    match spaceroute::explain::explain(&snapshot, from, name, qtype) {
+        Ok(e) if json => match serde_json::to_string_pretty(&e) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(e) => {
+            print!("{e}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -476,3 +476,159 @@ async fn issue_10_probe_exits_0_when_the_server_answers_and_1_when_none_does() {
         "{out:?}"
     );
 }
+
+/// `spaceroute explain --json` on the fixture.
+fn explain(args: &[&str]) -> serde_json::Value {
+    let out = spaceroute()
+        .args(["explain", "--zones", "tests/data/two-spaces", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issue 10: `spaceroute explain` names the row of the "who sees what" table that applied, for
+/// every row, next to the exact answer the server gives.
+#[test]
+fn issue_10_explain_names_the_rule_of_each_row_and_the_exact_answer() {
+    // (source, name, words of the rule, rcode, an answer's data or "")
+    let rows = [
+        (
+            HQ_VPN,
+            "internal-app.herokuapp.com",
+            "an internal app of alpha the source may see",
+            "NOERROR",
+            "127.16.0.10",
+        ),
+        (
+            PROD_VPC,
+            "internal-app.herokuapp.com",
+            "allows only some peers, not this source's",
+            "NXDOMAIN",
+            "",
+        ),
+        (
+            BETA,
+            "internal-app.herokuapp.com",
+            "which does not trust the source",
+            "NXDOMAIN",
+            "",
+        ),
+        (
+            SPACE,
+            "std-app.herokuapp.com",
+            "a standard app of alpha: router.private",
+            "NOERROR",
+            "127.16.0.10",
+        ),
+        (
+            PUBLIC,
+            "std-app.herokuapp.com",
+            "alpha's router.public",
+            "NOERROR",
+            "127.100.0.10",
+        ),
+        (
+            SPACE,
+            "www.corp.example.com",
+            "a name in alpha's zone files",
+            "NOERROR",
+            "127.16.5.5",
+        ),
+        (
+            SPACE,
+            "nobody-here.herokuapp.com",
+            "that no space lists",
+            "NXDOMAIN",
+            "",
+        ),
+        (
+            PUBLIC,
+            "www.corp.example.com",
+            "audience: public zone file",
+            "NOERROR",
+            "127.100.0.80",
+        ),
+        (
+            PUBLIC,
+            "internal-app.herokuapp.com",
+            "REFUSED",
+            "REFUSED",
+            "",
+        ),
+        (
+            SPACE,
+            "example.net",
+            "a name in no zone we serve",
+            "REFUSED",
+            "",
+        ),
+    ];
+    for (from, name, rule, rcode, data) in rows {
+        let e = explain(&["--from", from, name]);
+        let said = e["rule"].as_str().unwrap();
+        assert!(said.contains(rule), "{from} {name}: {said}");
+        assert_eq!(e["answer"]["rcode"], rcode, "{from} {name}: {e}");
+        let answers = e["answer"]["answers"].as_array().unwrap();
+        match data {
+            "" => assert!(answers.is_empty(), "{from} {name}: {e}"),
+            ip => assert!(
+                answers
+                    .iter()
+                    .any(|a| a.as_str().unwrap().ends_with(&format!(" {ip}"))),
+                "{from} {name}: {e}"
+            ),
+        }
+    }
+    // Who trusts the source, and through what.
+    let e = explain(&["--from", HQ_VPN, "open-app.herokuapp.com"]);
+    assert_eq!(
+        e["trusted_by"],
+        serde_json::json!([
+            {"space": "alpha", "via": ["peer hq-vpn"]},
+            {"space": "beta", "via": ["peer shared-vpn"]}
+        ])
+    );
+
+    // The text form, whole.
+    let out = spaceroute()
+        .args([
+            "explain",
+            "--zones",
+            "tests/data/two-spaces",
+            "--from",
+            PROD_VPC,
+        ])
+        .args(["internal-app.herokuapp.com", "A"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..6],
+        [
+            "source   127.31.0.5",
+            "trust    space alpha via peer prod-vpc",
+            "name     internal-app.herokuapp.com. A",
+            "owner    internal app alpha/internal-app",
+            "rule     trusted by alpha, but alpha's internal app internal-app allows only some \
+             peers, not this source's: as if absent (NXDOMAIN or NODATA with the SOA)",
+            "answer   NXDOMAIN, aa",
+        ],
+        "{text}"
+    );
+    assert!(
+        lines[6].starts_with("  authority herokuapp.com. 30 IN SOA "),
+        "{text}"
+    );
+
+    // Every name a source may resolve: the peer prod-vpc sees open-app, not internal-app.
+    let all = explain(&["--from", PROD_VPC, "--all"]);
+    let names: Vec<&str> = (all["names"].as_array().unwrap().iter())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"open-app.herokuapp.com."), "{names:?}");
+    assert!(names.contains(&"www.corp.example.com."), "{names:?}");
+    assert!(!names.contains(&"internal-app.herokuapp.com."), "{names:?}");
+}

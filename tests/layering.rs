@@ -20,6 +20,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("dns/resolve.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/server.rs", &["crate::config crate::reload crate::router"]),
     ("dns/udp.rs", &["crate::config crate::reload crate::router"]),
+    ("explain.rs", &["crate::config::load crate::reload crate::router crate::dns::server crate::metrics", PURE, SOCKETS]),
     ("dns/wire.rs", &["crate", PURE, SOCKETS]),
     ("dns/cookie.rs", &["crate", "tokio hyper rustls notify std::time tracing", SOCKETS]),
     ("dns/rrl.rs", &["crate", "tokio hyper rustls notify tracing", SOCKETS]),

@@ -114,6 +114,7 @@ pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceVie
         domain: space.domain.clone(),
         network: space.network,
         peers: space.peers.iter().map(|p| p.cidrs.clone()).collect(),
+        peer_names: space.peers.iter().map(|p| p.name.clone()).collect(),
         router_private: space.router_private.clone(),
         router_public: space.router_public.clone(),
         ttl: space.ttl,

@@ -73,6 +73,8 @@ pub struct SpaceView {
     pub network: IpNet,
     /// The networks of each of its peers.
     pub peers: Vec<Vec<IpNet>>,
+    /// The names of its peers, in the same order.
+    pub peer_names: Vec<String>,
     /// Internal router endpoints.
     pub router_private: Vec<IpAddr>,
     /// Public router endpoints.
@@ -312,6 +314,11 @@ pub struct ZoneView<'s> {
 }
 
 impl Snapshot {
+    /// The app whose wildcard custom domain answers below `base` (`*.x` for `x`).
+    pub fn wildcard(&self, base: &Name) -> Option<AppRef> {
+        self.wildcards.get(base).copied()
+    }
+
     /// The app whose name or exact custom domain is `key`, a lower-case wire-format name.
     pub fn exact_host(&self, key: &[u8]) -> Option<AppRef> {
         self.hosts.get(key)
