@@ -31,10 +31,22 @@ use spaceroute::router::logger::{Batched, RequestLog};
 use spaceroute::router::{self, Listener, Router, Timeouts};
 use spaceroute::snapshot;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `tracing`'s text lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// A split-horizon authoritative DNS server and HTTP router for the apps of private spaces.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line), the router's request log included.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,6 +143,10 @@ struct Serve {
     /// over TCP; 0 drops them all.
     #[arg(long, default_value_t = RateLimits::default().slip)]
     rrl_slip: u32,
+    /// Log one DNS query in N at info (0: none). SIGUSR1 switches the query log off, and on
+    /// again (one in N, or every query when N is 0).
+    #[arg(long, default_value_t = 0)]
+    query_log: u32,
 }
 
 fn main() -> ExitCode {
@@ -138,11 +154,13 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPACEROUTE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::Check { zones } => check(&zones),
         Command::Explain {
@@ -163,7 +181,7 @@ fn main() -> ExitCode {
             .build()
         {
             Ok(runtime) => {
-                let code = runtime.block_on(serve(args));
+                let code = runtime.block_on(serve(args, cli.log_format));
                 // Not waiting for a first load that a signal interrupted.
                 runtime.shutdown_timeout(Duration::from_millis(200));
                 code
@@ -275,17 +293,19 @@ fn router_capacity(open_files: u64, dns_tcp: usize) -> Capacity {
     Capacity::for_total(total.clamp(16, Capacity::default().total))
 }
 
-async fn serve(args: Serve) -> ExitCode {
+async fn serve(args: Serve, log_format: LogFormat) -> ExitCode {
     // Signals first: a SIGHUP during a long first load must not kill the process (the default
     // action), and a SIGTERM then stops it.
     let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     );
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = signals else {
         return fatal("cannot install signal handlers");
     };
+    server::QUERY_LOG.set(args.query_log);
     let open_files = raise_open_files();
     let zones = &args.zones;
     info!(zones = %zones.display(), "loading");
@@ -420,7 +440,7 @@ async fn serve(args: Serve) -> ExitCode {
         "connection caps"
     );
     let router = Router::new(reloader.snapshot(), Timeouts::default(), metrics.clone());
-    let log = request_log();
+    let log = request_log(log_format);
     let router = router.with_capacity(capacity).with_log(log.clone());
     let router = Arc::new(router);
     let http = tokio::spawn(router::run(router, listeners, shutdown.clone()));
@@ -436,6 +456,17 @@ async fn serve(args: Serve) -> ExitCode {
             _ = hup.recv() => {
                 info!("SIGHUP, reloading");
                 let _ = triggers.send(Trigger::Signal);
+            }
+            _ = usr1.recv() => {
+                let every = match server::QUERY_LOG.every() {
+                    0 => args.query_log.max(1),
+                    _ => 0,
+                };
+                server::QUERY_LOG.set(every);
+                match every {
+                    0 => info!("SIGUSR1, query log off"),
+                    n => info!("SIGUSR1, query log on: one query in {n}"),
+                }
             }
             _ = term.recv() => { info!("SIGTERM, shutting down"); break }
             _ = int.recv() => { info!("SIGINT, shutting down"); break }
@@ -515,11 +546,11 @@ fn stopped_while_loading(signal: &str) -> ExitCode {
 
 /// The router's request log: batched to stderr off the workers while its level is on (see
 /// `router::logger`), else through `tracing`, which then filters it out.
-fn request_log() -> RequestLog {
+fn request_log(format: LogFormat) -> RequestLog {
     if !tracing::enabled!(target: "spaceroute::router", tracing::Level::INFO) {
         return RequestLog::Tracing;
     }
-    match Batched::start() {
+    match Batched::start(format == LogFormat::Json) {
         Ok(batched) => RequestLog::Batched(batched),
         Err(e) => {
             warn!("router: cannot start the request log writer ({e}); logging through tracing");

@@ -17,16 +17,20 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::admission::Gate;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DnsLabels {
@@ -37,6 +41,12 @@ struct DnsLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneLabels {
+    space: String,
+    zone: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,7 +68,18 @@ pub struct DnsCounters {
     dropped: AtomicU64,
     /// Replies over the rate limits: dropped, and sent truncated instead (slipped).
     rate_limited: [AtomicU64; 2],
+    /// Replies truncated to fit UDP (TC=1), by transport.
+    truncated: AtomicU64,
+    /// Queries relayed to upstreams, and those no upstream answered (SERVFAIL sent).
+    relayed: [AtomicU64; 2],
+    /// Time to answer a query, by bucket of [`DNS_LATENCY`], with the sum in nanoseconds.
+    latency: [AtomicU64; DNS_LATENCY.len() + 1],
+    latency_sum_ns: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the DNS latency buckets: from the fast path's microsecond to a
+/// relayed query's upstream round trip.
+pub const DNS_LATENCY: [f64; 10] = [1e-6, 2e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 
 impl DnsCounters {
     /// Counts a query: `rcode` is `None` for a dropped packet.
@@ -78,6 +99,28 @@ impl DnsCounters {
     /// Counts a reply over the rate limits, `slipped` (sent truncated) or dropped.
     pub fn rate_limited(&self, slipped: bool) {
         self.rate_limited[usize::from(slipped)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reply truncated to fit UDP.
+    pub fn truncated(&self) {
+        self.truncated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a query relayed to upstreams, `answered` by one or not.
+    pub fn relayed(&self, answered: bool) {
+        self.relayed[0].fetch_add(1, Ordering::Relaxed);
+        if !answered {
+            self.relayed[1].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records `count` queries answered in `took` each.
+    pub fn answered_in(&self, took: Duration, count: u64) {
+        let seconds = took.as_secs_f64();
+        let bucket = DNS_LATENCY.partition_point(|&bound| bound < seconds);
+        self.latency[bucket].fetch_add(count, Ordering::Relaxed);
+        self.latency_sum_ns
+            .fetch_add(took.as_nanos() as u64 * count, Ordering::Relaxed);
     }
 }
 
@@ -101,10 +144,18 @@ impl Collector for DnsShards {
         let mut answered = [[0u64; RCODES]; 2];
         let mut dropped = 0;
         let mut rate_limited = [0u64; 2];
+        let (mut truncated, mut relayed) = (0, [0u64; 2]);
+        let mut latency = [0u64; DNS_LATENCY.len() + 1];
+        let mut latency_sum_ns = 0;
         for shard in lock(&self.shards).iter() {
-            for (sum, counter) in rate_limited.iter_mut().zip(&shard.rate_limited) {
+            let pairs = (rate_limited.iter_mut().zip(&shard.rate_limited))
+                .chain(relayed.iter_mut().zip(&shard.relayed))
+                .chain(latency.iter_mut().zip(&shard.latency));
+            for (sum, counter) in pairs {
                 *sum += counter.load(Ordering::Relaxed);
             }
+            truncated += shard.truncated.load(Ordering::Relaxed);
+            latency_sum_ns += shard.latency_sum_ns.load(Ordering::Relaxed);
             for (sums, counters) in answered.iter_mut().zip(&shard.answered) {
                 for (sum, counter) in sums.iter_mut().zip(counters) {
                     *sum += counter.load(Ordering::Relaxed);
@@ -130,6 +181,52 @@ impl Collector for DnsShards {
         for (action, sum) in ["drop", "slip"].into_iter().zip(rate_limited) {
             ConstCounter::new(sum).encode(family.encode_family(&ActionLabels { action })?)?;
         }
+        for (name, help, value) in [
+            (
+                "dns_truncated",
+                "DNS replies truncated to fit UDP (TC=1)",
+                truncated,
+            ),
+            (
+                "dns_relayed",
+                "DNS queries relayed to upstreams (unlisted names)",
+                relayed[0],
+            ),
+            (
+                "dns_relay_failures",
+                "Relayed DNS queries no upstream answered (SERVFAIL sent)",
+                relayed[1],
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = (DNS_LATENCY.iter().copied().chain([f64::INFINITY]))
+            .zip(latency)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (bound, n)
+            })
+            .collect();
+        encoder
+            .encode_descriptor(
+                "dns_answer_seconds",
+                "Time to answer a DNS query (a UDP batch's time shared by its queries)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                latency_sum_ns as f64 / 1e9,
+                cumulative,
+                &buckets,
+                None,
+            )?;
         let help = "DNS packets dropped (responses, runts)";
         let counter = ConstCounter::new(dropped);
         counter.encode(encoder.encode_descriptor(
@@ -138,6 +235,37 @@ impl Collector for DnsShards {
             None,
             counter.metric_type(),
         )?)
+    }
+}
+
+/// The connection gates, reported at scrape.
+#[derive(Debug, Default)]
+struct Gates {
+    gates: Mutex<Vec<(&'static str, Arc<Gate>)>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: &'static str,
+    source: &'static str,
+}
+
+impl Collector for Gates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "open_connections",
+            "Client connections open, by listener and source (trusted or public)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (listener, gate) in lock(&self.gates).iter() {
+            let (all, public) = gate.open();
+            for (source, n) in [("trusted", all - public), ("public", public)] {
+                let labels = ConnectionLabels { listener, source };
+                ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +282,10 @@ pub struct Metrics {
     /// The set for tasks that share one (TCP connections, relayed replies).
     dns_shared: Arc<DnsCounters>,
     http_requests: Family<HttpLabels, Counter>,
+    http_seconds: Histogram,
+    /// The connection gates to report at scrape, by listener.
+    gates: Arc<Gates>,
+    zone_serials: Family<ZoneLabels, Gauge>,
     reloads: Counter,
     reload_failures: Counter,
     last_reload_failed: Gauge,
@@ -175,6 +307,9 @@ impl Metrics {
             dns: Arc::default(),
             dns_shared: Arc::default(),
             http_requests: Family::default(),
+            http_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            gates: Arc::default(),
+            zone_serials: Family::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             last_reload_failed: Gauge::default(),
@@ -188,6 +323,18 @@ impl Metrics {
             "http_requests",
             "Router requests, by status and Heroku error code",
             m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "Router requests, from the request to the end of the response",
+            m.http_seconds.clone(),
+        );
+        r.register_collector(Box::new(m.gates.clone()));
+        r.register(
+            "zone_serial",
+            "The SOA serial of each zone, by space and zone (a zone file's apex and audience, \
+             or the app domain's trusted or public view)",
+            m.zone_serials.clone(),
         );
         r.register(
             "reloads",
@@ -226,11 +373,34 @@ impl Metrics {
         &self.dns_shared
     }
 
-    /// Counts a router request by the status sent and its error code (empty when none).
-    pub fn http_request(&self, status: u16, code: &'static str) {
+    /// Counts a router request by the status sent and its error code (empty when none), and
+    /// how long it `took`.
+    pub fn http_request(&self, status: u16, code: &'static str, took: Duration) {
         self.http_requests
             .get_or_create(&HttpLabels { status, code })
             .inc();
+        self.http_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Reports the connections `gate` holds, as those of `listener` (`router`, `dns_tcp`).
+    pub fn watch_gate(&self, listener: &'static str, gate: Arc<Gate>) {
+        let mut gates = lock(&self.gates.gates);
+        gates.retain(|(l, _)| *l != listener);
+        gates.push((listener, gate));
+    }
+
+    /// Sets the serial of every zone, forgetting zones no longer served.
+    pub fn zone_serials<'a>(&self, serials: impl IntoIterator<Item = (&'a str, String, u32)>) {
+        self.zone_serials.clear();
+        for (space, zone, serial) in serials {
+            let labels = ZoneLabels {
+                space: space.to_string(),
+                zone,
+            };
+            self.zone_serials
+                .get_or_create(&labels)
+                .set(i64::from(serial));
+        }
     }
 
     /// Records a successful load of `generation` whose newest serial is `serial`.
@@ -330,7 +500,7 @@ mod tests {
         m.dns_counters().query(Transport::Udp, Some(5));
         m.dns_counters().query(Transport::Tcp, Some(0));
         m.dns_shared().query(Transport::Tcp, None);
-        m.http_request(503, "H12");
+        m.http_request(503, "H12", Duration::from_millis(3));
         m.reload_failed();
         m.reloaded(3, 1_795_474_385);
         let text = m.encode();

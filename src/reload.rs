@@ -136,6 +136,7 @@ impl Reloader {
         }
         let metrics = Arc::new(Metrics::new());
         metrics.reloaded(1, serials.last);
+        serials.report(&metrics);
         Ok(Reloader {
             dir: dir.to_path_buf(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -205,6 +206,7 @@ impl Reloader {
         state.serials = built.serials;
         state.generation += 1;
         self.metrics.reloaded(state.generation, state.serials.last);
+        state.serials.report(&self.metrics);
         let [loaded, validated, compiled] = built.times;
         info!(
             generation = state.generation,
@@ -607,6 +609,18 @@ impl Serials {
             })
             .collect();
         self.last = next;
+    }
+
+    /// Sets the per-zone serial gauges.
+    fn report(&self, metrics: &Metrics) {
+        metrics.zone_serials(self.zones.iter().map(|(id, &serial)| {
+            let zone = match id {
+                ZoneId::Space(_) => "app domain (trusted)".to_string(),
+                ZoneId::Public(_) => "app domain (public)".to_string(),
+                ZoneId::File(_, apex, audience) => format!("{apex} ({audience:?})").to_lowercase(),
+            };
+            (id.space(), zone, serial)
+        }));
     }
 
     fn get(&self, key: ZoneKey) -> u32 {

@@ -632,3 +632,94 @@ fn issue_10_explain_names_the_rule_of_each_row_and_the_exact_answer() {
     assert!(names.contains(&"www.corp.example.com."), "{names:?}");
     assert!(!names.contains(&"internal-app.herokuapp.com."), "{names:?}");
 }
+
+/// Issue 10: `--log-format json` writes every line as a JSON object, the router's request log
+/// included; the query log is off by default, `--query-log 1` logs each query, and SIGUSR1
+/// switches it off (and on again) at run time.
+#[tokio::test]
+async fn issue_10_json_logs_and_a_query_log_switched_at_run_time() {
+    let mut child = spaceroute()
+        .args(["--log-format", "json", "serve", "--query-log", "1"])
+        .args(["--dns", "127.0.0.1:0", "--http", "127.0.0.1:0", "--zones"])
+        .arg("tests/data/two-spaces")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut next = |want: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("{e}: {seen:#?}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            seen.push(value.clone());
+            if want(&value) {
+                return value;
+            }
+        }
+    };
+    let message = |v: &serde_json::Value| v["message"].as_str().unwrap_or("").to_string();
+    let listening = next(&|v| message(v).starts_with("listening dns"));
+    let udp_at: SocketAddr = (message(&listening).split_whitespace())
+        .find_map(|w| w.strip_prefix("udp="))
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let http = next(&|v| message(v).starts_with("listening http="));
+    let http_at: SocketAddr = message(&http)["listening http=".len()..].parse().unwrap();
+
+    udp(udp_at, SPACE, "internal-app.herokuapp.com.", RecordType::A).await;
+    let logged = next(&|v| v["target"] == "spaceroute::query");
+    assert_eq!(logged["qname"], "internal-app.herokuapp.com.");
+    assert_eq!(
+        (logged["client"].as_str(), logged["rcode"].as_str()),
+        (Some(SPACE), Some("No Error"))
+    );
+
+    let mut stream = tcp_connect(http_at, PUBLIC).await;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /x HTTP/1.1\r\nHost: nowhere.herokuapp.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let request = next(&|v| v["target"] == "spaceroute::router" && v["status"].is_number());
+    assert_eq!(
+        (request["status"].as_u64(), request["path"].as_str()),
+        (Some(404), Some("/x"))
+    );
+
+    let pid = child.id().to_string();
+    let switch = || {
+        assert!(
+            Command::new("kill")
+                .args(["-USR1", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    switch();
+    next(&|v| message(v) == "SIGUSR1, query log off");
+    udp(udp_at, SPACE, "open-app.herokuapp.com.", RecordType::A).await;
+    switch();
+    next(&|v| message(v).starts_with("SIGUSR1, query log on"));
+    udp(udp_at, SPACE, "std-app.herokuapp.com.", RecordType::A).await;
+    let logged = next(&|v| v["target"] == "spaceroute::query");
+    assert_eq!(
+        logged["qname"], "std-app.herokuapp.com.",
+        "open-app's query was not logged"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

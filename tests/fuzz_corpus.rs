@@ -80,3 +80,15 @@ fn load_corpus_replays_with_valid_and_broken_seeds() {
         );
     }
 }
+
+#[test]
+fn head_corpus_replays() {
+    let files = corpus("head");
+    assert!(files.len() >= 4, "only {} head seeds", files.len());
+    for (name, input) in &files {
+        assert!(
+            checks::check_head(input),
+            "{name}: does not parse as a request head"
+        );
+    }
+}

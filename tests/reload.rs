@@ -664,3 +664,95 @@ async fn issue_10_a_configmap_update_by_symlink_swap_is_one_reload_with_the_new_
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// Issue 10: after a known sequence of queries and requests, every DNS and router counter is
+/// exactly what that sequence makes it: answers by transport and rcode, truncations, rate
+/// limiting, relays, the answer-time and request-time histograms' counts, open connections by
+/// listener and source, and each zone's serial.
+#[tokio::test]
+async fn issue_10_metrics_count_a_known_sequence_exactly() {
+    let dir = copy_dir(&fixture_dir());
+    let b = Binary::start_with(dir.path(), &["--metrics", "127.0.0.1:0"]);
+    let app_serial = serial(&b, SPACE, "herokuapp.com.").await;
+    let corp_serial = serial(&b, SPACE, "corp.example.com.").await;
+    // 2 SOA above; 3 answers, 2 refusals, 1 truncated TXT over UDP; 1 answer over TCP.
+    for _ in 0..3 {
+        ask(&b, SPACE, "internal-app.herokuapp.com.", RecordType::A).await;
+    }
+    for _ in 0..2 {
+        ask(&b, PUBLIC, "internal-app.herokuapp.com.", RecordType::A).await;
+    }
+    let big = query("big.corp.example.com.", RecordType::TXT, None);
+    let reply = udp_raw(b.dns, SPACE, &big, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(Message::from_vec(&reply).unwrap().metadata.truncation);
+    tcp(b.dns, SPACE, "internal-app.herokuapp.com.", RecordType::A).await;
+    // Two requests for no app of the requester's: 404s.
+    for _ in 0..2 {
+        let mut stream = tcp_connect(b.http.unwrap(), PUBLIC).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = "GET / HTTP/1.1\r\nHost: internal-app.herokuapp.com\r\nConnection: close\r\n\r\n";
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    }
+
+    let text = scrape(&b).await;
+    let expect = [
+        (
+            "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"0\"}",
+            "6",
+        ),
+        (
+            "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"5\"}",
+            "2",
+        ),
+        (
+            "spaceroute_dns_queries_total{transport=\"tcp\",rcode=\"0\"}",
+            "1",
+        ),
+        ("spaceroute_dns_truncated_total", "1"),
+        ("spaceroute_dns_dropped_total", "0"),
+        ("spaceroute_dns_rate_limited_total{action=\"drop\"}", "0"),
+        ("spaceroute_dns_rate_limited_total{action=\"slip\"}", "0"),
+        ("spaceroute_dns_relayed_total", "0"),
+        ("spaceroute_dns_relay_failures_total", "0"),
+        ("spaceroute_dns_answer_seconds_count", "9"),
+        (
+            "spaceroute_http_requests_total{status=\"404\",code=\"\"}",
+            "2",
+        ),
+        ("spaceroute_http_request_seconds_count", "2"),
+        (
+            "spaceroute_open_connections{listener=\"router\",source=\"public\"}",
+            "0",
+        ),
+        (
+            "spaceroute_open_connections{listener=\"dns_tcp\",source=\"trusted\"}",
+            "0",
+        ),
+        ("spaceroute_reloads_total", "1"),
+    ];
+    let mut wrong = Vec::new();
+    for (name, want) in expect {
+        let got = metric(&text, name);
+        if got.as_deref() != Some(want) {
+            wrong.push(format!("{name}: {got:?}, not {want}"));
+        }
+    }
+    let zone = |space: &str, zone: &str| {
+        metric(
+            &text,
+            &format!("spaceroute_zone_serial{{space=\"{space}\",zone=\"{zone}\"}}"),
+        )
+    };
+    if zone("alpha", "app domain (trusted)") != Some(app_serial.to_string()) {
+        wrong.push(format!("alpha's app domain serial: {app_serial}"));
+    }
+    if zone("alpha", "corp.example.com. (trusted)") != Some(corp_serial.to_string()) {
+        wrong.push(format!("corp.example.com's serial: {corp_serial}"));
+    }
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+}

@@ -204,3 +204,94 @@ pub fn check_load(input: &[u8]) -> Vec<Diagnostic> {
         }
     }
 }
+
+/// `head`: an input is an HTTP/1 request head as a client sends it. Parsed as hyper's parser
+/// (httparse) does, it goes through the router's header rules; the request a dyno would get
+/// must carry no hop-by-hop header (but an upgrade's own two), none of the client's claims
+/// about earlier hops but X-Forwarded-For, exactly one X-Forwarded-For ending with the client,
+/// and exactly one well-formed X-Request-Id. Returns whether the head parsed.
+///
+/// # Panics
+///
+/// When a check fails: that is the finding.
+pub fn check_head(input: &[u8]) -> bool {
+    use spaceroute::router::headers;
+    use spaceroute::router::log::Record;
+    use spaceroute::router::proxy::Downstream;
+
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(_)) = head.parse(input) else {
+        return false;
+    };
+    let (Some(method), Some(path)) = (head.method, head.path) else {
+        return false;
+    };
+    let mut builder = http::Request::builder().method(method).uri(path);
+    for field in head.headers.iter() {
+        builder = builder.header(field.name, field.value);
+    }
+    let Ok(request) = builder.body(()) else {
+        return false;
+    };
+    let host = headers::host_of(&request);
+    if let Some(host) = &host {
+        assert_eq!(host, &host.to_ascii_lowercase(), "host not lower-cased");
+        assert!(!host.ends_with('.'), "trailing dot kept: {host}");
+    }
+    let _ = headers::check_framing(&request);
+    let peer = IpAddr::V4(Ipv4Addr::new(127, 31, 0, 5));
+    let client = request.headers();
+    let record = Record {
+        fwd: headers::forwarded_for(client, peer),
+        request_id: headers::request_id(client),
+        ..Record::default()
+    };
+    let downstream = Downstream {
+        peer: (peer, 40000).into(),
+        local_port: 8080,
+        protocol: "http",
+    };
+    let upgrade = headers::is_upgrade(client);
+    let out = headers::upstream_headers(client, request.uri(), &record, &downstream, upgrade);
+    for gone in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "forwarded",
+        "x-forwarded-host",
+        "x-real-ip",
+    ] {
+        assert!(!out.contains_key(gone), "{gone} would reach the dyno");
+    }
+    match upgrade {
+        true => {
+            assert_eq!(
+                out.get("upgrade").map(|v| v.as_bytes()),
+                Some(&b"websocket"[..])
+            );
+            assert_eq!(
+                out.get("connection").map(|v| v.as_bytes()),
+                Some(&b"upgrade"[..])
+            );
+        }
+        false => assert!(!out.contains_key("upgrade") && !out.contains_key("connection")),
+    }
+    let xff: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(xff.len(), 1, "X-Forwarded-For: {xff:?}");
+    assert!(xff[0].as_bytes().ends_with(b"127.31.0.5"), "{:?}", xff[0]);
+    let ids: Vec<_> = out.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "X-Request-Id: {ids:?}");
+    assert!(
+        (20..=200).contains(&ids[0].len())
+            && (ids[0].as_bytes().iter())
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-')),
+        "{:?}",
+        ids[0]
+    );
+    true
+}

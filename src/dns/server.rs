@@ -15,14 +15,15 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::admission::{Admitted, Capacity, Gate};
 use crate::dns::answer::{Answer, Transport, answer};
@@ -88,15 +89,17 @@ pub async fn run(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let connections = Gate::evicting(
+        "dns tcp",
+        Capacity::for_total(limits.tcp_max_connections),
+        EVICT_AFTER,
+    );
+    metrics.watch_gate("dns_tcp", connections.clone());
     let server = Arc::new(Server {
         snapshot,
         metrics,
         limits,
-        connections: Gate::evicting(
-            "dns tcp",
-            Capacity::for_total(limits.tcp_max_connections),
-            EVICT_AFTER,
-        ),
+        connections,
         forwarder: Forwarder::new(limits.forward_in_flight, limits.forward_timeout),
         rrl: Rrl::new(limits.rate),
         cookies: Cookies::new(),
@@ -140,6 +143,7 @@ pub(super) async fn respond(
         let relayed = (server.forwarder)
             .relay(&upstreams, query, transport, forward.limit)
             .await;
+        server.metrics.dns_shared().relayed(relayed.is_some());
         match relayed {
             Some(reply) => {
                 // RCODE is the low nibble of the fourth header byte.
@@ -150,7 +154,7 @@ pub(super) async fn respond(
             None => debug!(%peer, ?upstreams, "no upstream answered a relayed query"),
         }
     }
-    record(server.metrics.dns_shared(), &result, peer, transport);
+    record(server.metrics.dns_shared(), &result, query, peer, transport);
     result.reply
 }
 
@@ -260,6 +264,7 @@ async fn serve_tcp(
         admitted.touch();
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
+        let started = Instant::now();
         let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
         let Some(reply) = respond(server, result, message, peer, Transport::Tcp).await else {
             continue;
@@ -274,6 +279,7 @@ async fn serve_tcp(
             peer.ip(),
             Transport::Tcp,
         );
+        counters.answered_in(started.elapsed(), 1);
         let Some(reply) = guarded else {
             continue;
         };
@@ -288,10 +294,48 @@ async fn serve_tcp(
     }
 }
 
-/// Logs a query at debug level and counts it.
+/// The query log: every `every`-th query is logged at info (0: none), switchable at run time
+/// (`spaceroute serve --query-log N`, SIGUSR1). One per process, as the log it writes to.
+pub static QUERY_LOG: QueryLog = QueryLog {
+    every: AtomicU32::new(0),
+    seen: AtomicU64::new(0),
+};
+
+/// See [`QUERY_LOG`].
+#[derive(Debug)]
+pub struct QueryLog {
+    every: AtomicU32,
+    seen: AtomicU64,
+}
+
+impl QueryLog {
+    /// Logs one query in `every` from now on; 0 turns the log off.
+    pub fn set(&self, every: u32) {
+        self.every.store(every, Ordering::Relaxed);
+    }
+
+    /// One query in how many is logged; 0 when the log is off.
+    pub fn every(&self) -> u32 {
+        self.every.load(Ordering::Relaxed)
+    }
+
+    /// Whether this query is one to log.
+    fn sampled(&self) -> bool {
+        match self.every.load(Ordering::Relaxed) {
+            0 => false,
+            every => self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(u64::from(every)),
+        }
+    }
+}
+
+/// Counts a query, and logs it when the query log samples it (else at debug level).
 pub(super) fn record(
     counters: &DnsCounters,
     result: &Answer,
+    query: &[u8],
     peer: SocketAddr,
     transport: Transport,
 ) {
@@ -304,12 +348,38 @@ pub(super) fn record(
         .as_ref()
         .map(|_| u16::from(result.outcome.rcode));
     counters.query(counted, rcode);
+    if result.outcome.truncated && result.reply.is_some() {
+        counters.truncated();
+    }
+    let sampled = QUERY_LOG.sampled();
+    if !sampled && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let client: IpAddr = peer.ip();
-    match &result.reply {
-        None => debug!(%client, transport, "query dropped"),
-        Some(_) => debug!(
+    let name = wire::question(query).unwrap_or_default();
+    let (qname, qtype) = (&name.0, name.1);
+    match (&result.reply, sampled) {
+        (None, true) => {
+            info!(target: "spaceroute::query", %client, transport, qname, qtype, "dropped")
+        }
+        (None, false) => debug!(%client, transport, qname, qtype, "query dropped"),
+        (Some(_), true) => info!(
+            target: "spaceroute::query",
             %client,
             transport,
+            qname,
+            qtype,
+            rcode = %result.outcome.rcode,
+            space = result.outcome.space,
+            truncated = result.outcome.truncated,
+            relayed = result.outcome.forward.is_some(),
+            "answered"
+        ),
+        (Some(_), false) => debug!(
+            %client,
+            transport,
+            qname,
+            qtype,
             rcode = %result.outcome.rcode,
             space = result.outcome.space,
             truncated = result.outcome.truncated,

@@ -12,7 +12,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -106,6 +106,7 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
                 }
             }
         }
+        let started = Instant::now();
         let snapshot = server.snapshot.load();
         for (buffer, &(len, peer)) in buffers.iter().zip(&received) {
             let query = &buffer[..len];
@@ -134,7 +135,7 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
                 });
                 continue;
             }
-            record(&counters, &result, peer, Transport::Udp);
+            record(&counters, &result, query, peer, Transport::Udp);
             let reply = result.reply.and_then(|reply| {
                 server.guard(
                     &snapshot,
@@ -150,6 +151,10 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
             }
         }
         drop(snapshot);
+        if !received.is_empty() {
+            let n = received.len() as u32;
+            counters.answered_in(started.elapsed() / n, u64::from(n));
+        }
         send_all(fd, &mut write_headers, &replies);
         replies.clear();
     }

@@ -32,6 +32,43 @@ pub fn question_end(message: &[u8]) -> Option<usize> {
     (at <= message.len()).then_some(at)
 }
 
+/// The first question's name (as text, absolute) and type, for logs.
+pub fn question(message: &[u8]) -> Option<(String, u16)> {
+    if u16::from_be_bytes([*message.get(4)?, *message.get(5)?]) == 0 {
+        return None;
+    }
+    let mut name = String::new();
+    let mut at = 12;
+    loop {
+        let len = usize::from(*message.get(at)?);
+        match len {
+            0 => break,
+            l if l & 0xc0 != 0 => return None,
+            l => {
+                let label = message.get(at + 1..at + 1 + l)?;
+                // Printable ASCII as is, anything else escaped as \DDD (RFC 1035 §5.1).
+                for &b in label {
+                    match b {
+                        b'.' | b'\\' => {
+                            name.push('\\');
+                            name.push(char::from(b));
+                        }
+                        0x21..=0x7e => name.push(char::from(b)),
+                        _ => name.push_str(&format!("\\{b:03}")),
+                    }
+                }
+                name.push('.');
+                at += l + 1;
+            }
+        }
+    }
+    if name.is_empty() {
+        name.push('.');
+    }
+    let qtype = u16::from_be_bytes([*message.get(at + 1)?, *message.get(at + 2)?]);
+    Some((name, qtype))
+}
+
 /// Where a message's OPT record is: the offset of its owner name and of its RDATA, and the
 /// RDATA's length; and whether it is the message's last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +173,16 @@ mod tests {
         assert_eq!((opt.start, opt.last, opt.payload(&m)), (27, true, 1232));
         let options: Vec<_> = opt.options(&m).collect();
         assert_eq!(options, [(10, &[1, 2, 3, 4, 5, 6, 7, 8][..]), (3, &[][..])]);
+    }
+
+    #[test]
+    fn the_question_reads_as_text_with_odd_bytes_escaped() {
+        let m = query(&[]);
+        assert_eq!(question(&m), Some(("a.example.".to_string(), 1)));
+        let mut odd = m.clone();
+        odd[13] = b' ';
+        assert_eq!(question(&odd).unwrap().0, "\\032.example.");
+        assert_eq!(question(&m[..20]), None);
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Batched {
     /// Where lines go (stderr); held while writing, so that a flush at shutdown and the
     /// thread do not interleave.
     out: Mutex<Box<dyn Write + Send>>,
+    /// Lines as JSON objects, not text.
+    json: bool,
 }
 
 #[derive(Default)]
@@ -71,17 +73,18 @@ struct Pending {
 }
 
 impl Batched {
-    /// Starts the thread writing to stderr.
-    pub fn start() -> std::io::Result<Arc<Batched>> {
-        Batched::start_to(Box::new(std::io::stderr()))
+    /// Starts the thread writing to stderr, lines as JSON objects when `json`.
+    pub fn start(json: bool) -> std::io::Result<Arc<Batched>> {
+        Batched::start_to(Box::new(std::io::stderr()), json)
     }
 
     /// Starts the thread writing to `out`.
-    pub fn start_to(out: Box<dyn Write + Send>) -> std::io::Result<Arc<Batched>> {
+    pub fn start_to(out: Box<dyn Write + Send>, json: bool) -> std::io::Result<Arc<Batched>> {
         let batched = Arc::new(Batched {
             pending: Mutex::new(Pending::default()),
             arrived: Condvar::new(),
             out: Mutex::new(out),
+            json,
         });
         let writer = batched.clone();
         std::thread::Builder::new()
@@ -100,7 +103,10 @@ impl Batched {
         }
         LINE.with_borrow_mut(|line| {
             line.clear();
-            line_of(record, SystemTime::now(), line);
+            match self.json {
+                true => json_line_of(record, SystemTime::now(), line),
+                false => line_of(record, SystemTime::now(), line),
+            }
             let mut pending = self.lock();
             if pending.bytes.len() + line.len() > MAX_PENDING {
                 pending.dropped += 1;
@@ -171,6 +177,37 @@ fn line_of(record: &Record, now: SystemTime, line: &mut Vec<u8>) {
     );
 }
 
+/// One log line as `tracing`'s JSON format writes it (`--log-format json`, events flattened):
+/// time, level, target, and the record's fields, numbers as numbers.
+fn json_line_of(record: &Record, now: SystemTime, line: &mut Vec<u8>) {
+    let mut time = Vec::new();
+    line_of(&Record::default(), now, &mut time);
+    let time = String::from_utf8_lossy(&time[..27]).into_owned();
+    let error = record.error;
+    let value = serde_json::json!({
+        "timestamp": time,
+        "level": "INFO",
+        "target": "spaceroute::router",
+        "at": if error.is_some() { "error" } else { "info" },
+        "code": error.map(|e| e.code).filter(|c| !c.is_empty()),
+        "desc": error.map(|e| e.desc),
+        "method": record.method.as_str(),
+        "path": record.path,
+        "host": record.host,
+        "request_id": record.request_id,
+        "fwd": record.fwd,
+        "dyno": record.dyno.map(|n| format!("web.{n}")),
+        "connect_ms": record.connect.as_millis() as u64,
+        "service_ms": record.service.as_millis() as u64,
+        "status": record.status,
+        "bytes": record.bytes,
+        "protocol": record.protocol,
+        "fault": error.map(|e| e.fault.to_string()),
+    });
+    let _ = serde_json::to_writer(&mut *line, &value);
+    line.push(b'\n');
+}
+
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
 fn civil(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
@@ -236,7 +273,7 @@ mod tests {
     #[test]
     fn lines_are_written_in_order_and_a_stalled_writer_drops_lines_instead_of_waiting() {
         let sink = Sink::default();
-        let log = RequestLog::Batched(Batched::start_to(Box::new(sink.clone())).unwrap());
+        let log = RequestLog::Batched(Batched::start_to(Box::new(sink.clone()), false).unwrap());
         for n in 0..3 {
             log.write(&record(n));
         }
@@ -270,6 +307,34 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].parse::<u64>().unwrap() < w[1].parse::<u64>().unwrap())
         );
+    }
+
+    #[test]
+    fn json_lines_carry_every_field_as_json() {
+        let record = Record {
+            status: 503,
+            error: Some(super::super::log::RouterError::TIMEOUT),
+            dyno: Some(2),
+            path: "/a\"b".into(),
+            ..Record::default()
+        };
+        let mut line = Vec::new();
+        json_line_of(
+            &record,
+            UNIX_EPOCH + Duration::from_secs(1_796_083_200),
+            &mut line,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["timestamp"], "2026-12-01T00:00:00.000000Z");
+        assert_eq!(
+            (v["status"].as_u64(), v["code"].as_str()),
+            (Some(503), Some("H12"))
+        );
+        assert_eq!(
+            (v["dyno"].as_str(), v["path"].as_str()),
+            (Some("web.2"), Some("/a\"b"))
+        );
+        assert_eq!(v["fault"], "upstream");
     }
 
     #[test]

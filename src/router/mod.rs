@@ -93,12 +93,14 @@ impl Router {
         timeouts: Timeouts,
         metrics: Arc<Metrics>,
     ) -> Router {
+        let gate = Gate::new("router", Capacity::default());
+        metrics.watch_gate("router", gate.clone());
         Router {
             snapshot,
             metrics,
             upstreams: Upstreams::new(timeouts.connect, timeouts.down_for),
             timeouts,
-            gate: Gate::new("router", Capacity::default()),
+            gate,
             log: RequestLog::default(),
         }
     }
@@ -106,6 +108,7 @@ impl Router {
     /// The same router holding at most `capacity` client connections.
     pub fn with_capacity(mut self, capacity: Capacity) -> Router {
         self.gate = Gate::new("router", capacity);
+        self.metrics.watch_gate("router", self.gate.clone());
         self
     }
 

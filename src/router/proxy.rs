@@ -317,9 +317,11 @@ impl Drop for Pending {
 /// Writes the request's log line and counts it.
 fn served(router: &Router, record: &Record) {
     router.log.write(record);
-    router
-        .metrics
-        .http_request(record.status, record.error.map_or("", |e| e.code));
+    router.metrics.http_request(
+        record.status,
+        record.error.map_or("", |e| e.code),
+        record.service,
+    );
 }
 
 /// An empty body.
