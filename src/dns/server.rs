@@ -331,7 +331,7 @@ impl QueryLog {
     }
 }
 
-/// Counts a query, and logs it when the query log samples it (else at debug level).
+/// Counts a query, and logs it when the query log samples it.
 pub(super) fn record(
     counters: &DnsCounters,
     result: &Answer,
@@ -351,19 +351,15 @@ pub(super) fn record(
     if result.outcome.truncated && result.reply.is_some() {
         counters.truncated();
     }
-    let sampled = QUERY_LOG.sampled();
-    if !sampled && !tracing::enabled!(tracing::Level::DEBUG) {
+    if !QUERY_LOG.sampled() {
         return;
     }
     let client: IpAddr = peer.ip();
     let name = wire::question(query).unwrap_or_default();
     let (qname, qtype) = (&name.0, name.1);
-    match (&result.reply, sampled) {
-        (None, true) => {
-            info!(target: "spaceroute::query", %client, transport, qname, qtype, "dropped")
-        }
-        (None, false) => debug!(%client, transport, qname, qtype, "query dropped"),
-        (Some(_), true) => info!(
+    match &result.reply {
+        None => info!(target: "spaceroute::query", %client, transport, qname, qtype, "dropped"),
+        Some(_) => info!(
             target: "spaceroute::query",
             %client,
             transport,
@@ -374,17 +370,6 @@ pub(super) fn record(
             truncated = result.outcome.truncated,
             relayed = result.outcome.forward.is_some(),
             "answered"
-        ),
-        (Some(_), false) => debug!(
-            %client,
-            transport,
-            qname,
-            qtype,
-            rcode = %result.outcome.rcode,
-            space = result.outcome.space,
-            truncated = result.outcome.truncated,
-            relayed = result.outcome.forward.is_some(),
-            "query answered"
         ),
     }
 }
