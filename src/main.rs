@@ -197,6 +197,16 @@ fn main() -> ExitCode {
 fn check(zones: &Path) -> ExitCode {
     match config::load_dir(zones) {
         Ok(config) => {
+            // Compiled as the server compiles it: what the server would only warn about and
+            // work around (a certificate it cannot use) is an error here.
+            let compiled = snapshot::compile(&config, |_| 1);
+            if !compiled.warnings.is_empty() {
+                for w in &compiled.warnings {
+                    eprintln!("{w}");
+                }
+                eprintln!("{}: {} error(s)", zones.display(), compiled.warnings.len());
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok: {}", zones.display(), config.summary());
             ExitCode::SUCCESS
         }

@@ -723,3 +723,35 @@ async fn issue_10_json_logs_and_a_query_log_switched_at_run_time() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Issue 10: `check` compiles as the server does, so a certificate the server could not use
+/// (here, a key that is not the certificate's) fails the check instead of being found at serve
+/// time as a fallback to the default certificate.
+#[test]
+fn issue_10_check_rejects_a_certificate_the_server_could_not_use() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["secure.example.org".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap().pem();
+    let yaml = "space: alpha\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\napps:\n  - name: tls-app\n    domains: [secure.example.org]\n    tls: {cert: app.pem, key: app.key}\n";
+    for (key_pem, ok) in [(key.serialize_pem(), true), (other.serialize_pem(), false)] {
+        let dir = zones(&[
+            ("alpha.yaml", yaml),
+            ("app.pem", &cert),
+            ("app.key", &key_pem),
+        ]);
+        let out = spaceroute()
+            .args(["check", "--zones"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{stderr}");
+        if !ok {
+            assert!(
+                stderr.contains("app.pem: app tls-app's certificate cannot be used (the private key is not the certificate's)"),
+                "{stderr}"
+            );
+        }
+    }
+}

@@ -71,7 +71,8 @@ pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceVie
                         let cert = tls.cert.display();
                         let app = &app.name;
                         warnings.push(format!(
-                            "{cert}: app {app} gets the default certificate: {e}"
+                            "{cert}: app {app}'s certificate cannot be used ({e}); it gets the \
+                             default certificate"
                         ));
                         None
                     }
@@ -279,7 +280,14 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, St
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
     let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
-    Ok(CertifiedKey::new(chain, key))
+    let certified = CertifiedKey::new(chain, key);
+    // A key that is not the certificate's would fail every handshake.
+    match certified.keys_match() {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err("the private key is not the certificate's".into())
+        }
+        _ => Ok(certified),
+    }
 }
 
 fn compile_zone(zone: &crate::config::Zone, serial: u32) -> ZoneData {
