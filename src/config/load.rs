@@ -61,6 +61,31 @@ pub struct ZoneText {
     pub origin: Name,
     /// The records.
     pub records: BTreeMap<RrKey, RecordSet>,
+    /// The file's text, to place a diagnostic about one of its records.
+    pub text: String,
+}
+
+impl ZoneText {
+    /// The line of the first record that `wanted` picks out, found as the shortest prefix of
+    /// whole records whose parse holds one; line 1 when none does.
+    pub fn line_of(&self, wanted: impl Fn(&RrKey) -> bool) -> usize {
+        let parses_one = |end: usize| {
+            Parser::new(
+                &self.text[..end],
+                Some(self.path.clone()),
+                Some(self.origin.clone()),
+            )
+            .parse()
+            .is_ok_and(|(_, records)| records.keys().any(&wanted))
+        };
+        let cuts = record_ends(&self.text);
+        let first = cuts.partition_point(|&end| !parses_one(end));
+        if first == cuts.len() {
+            return 1;
+        }
+        let start = if first == 0 { 0 } else { cuts[first - 1] };
+        first_record_line(&self.text, start)
+    }
 }
 
 /// Reads every `*.yaml` / `*.yml` file in `dir` (not below it), sorted by name, with the zone
@@ -282,6 +307,7 @@ pub fn parse_zone(path: &Path, text: &str, origin: Name) -> Result<ZoneText, Dia
             path: path.to_path_buf(),
             origin,
             records,
+            text: text.to_string(),
         }),
         Err(e) => {
             let cuts = record_ends(text);

@@ -384,11 +384,12 @@ impl Validator {
         })
     }
 
-    /// Checks a parsed zone file: one SOA, at the apex, and nothing outside the apex.
+    /// Checks a parsed zone file: one SOA, at the apex, and nothing outside the apex; each
+    /// problem at the line of the record that has it.
     fn zone(&mut self, text: &ZoneText, audience: model::Audience) -> Option<Zone> {
-        let here_err = |message: String| Diagnostic {
+        let here_err = |line: usize, message: String| Diagnostic {
             file: text.path.clone(),
-            line: 1,
+            line,
             column: 1,
             message,
         };
@@ -400,12 +401,16 @@ impl Validator {
             [apex] => apex.to_lowercase(),
             [] => {
                 self.diagnostics
-                    .push(here_err("zone file has no SOA record".into()));
+                    .push(here_err(1, "zone file has no SOA record".into()));
                 return None;
             }
-            _ => {
-                self.diagnostics
-                    .push(here_err("zone file has more than one SOA record".into()));
+            [first, ..] => {
+                let first = (*first).clone();
+                let line = text.line_of(|k| k.record_type == RecordType::SOA && *k.name != first);
+                self.diagnostics.push(here_err(
+                    line,
+                    "zone file has more than one SOA record".into(),
+                ));
                 return None;
             }
         };
@@ -419,7 +424,8 @@ impl Validator {
                     name.to_ascii(),
                     apex.to_ascii()
                 );
-                self.diagnostics.push(here_err(msg));
+                let line = text.line_of(|k| k == key);
+                self.diagnostics.push(here_err(line, msg));
             }
             if key.record_type == RecordType::CNAME {
                 cname_owners.push(name.clone());
@@ -431,7 +437,12 @@ impl Validator {
                 .count();
             if others > 0 {
                 let msg = format!("{} has a CNAME and other data", owner.to_ascii());
-                self.diagnostics.push(here_err(msg));
+                // The later of the two: the record that made the clash.
+                let cname =
+                    text.line_of(|k| *k.name == owner && k.record_type == RecordType::CNAME);
+                let other =
+                    text.line_of(|k| *k.name == owner && k.record_type != RecordType::CNAME);
+                self.diagnostics.push(here_err(cname.max(other), msg));
             }
         }
         (self.diagnostics.len() == before).then(|| Zone {
@@ -862,6 +873,13 @@ mod tests {
         assert_one(&errs, "corp.example.com.zone:1:1:", "no SOA");
         let zone = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nother.example.net. IN A 10.1.1.1\n";
         let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", zone)]);
-        assert_one(&errs, "corp.example.com.zone:1:1:", "outside the zone");
+        assert_one(&errs, "corp.example.com.zone:3:1:", "outside the zone");
+        let zone = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\n\n; the mail host\nmail IN A 10.1.1.1\nwww IN CNAME mail\nwww IN TXT \"x\"\n";
+        let errs = errors(&[("s.yaml", yaml)], &[("corp.example.com.zone", zone)]);
+        assert_one(
+            &errs,
+            "corp.example.com.zone:7:1:",
+            "has a CNAME and other data",
+        );
     }
 }
