@@ -64,8 +64,20 @@ struct Lines<'a> {
 impl<'a> Lines<'a> {
     fn new(text: &'a str) -> Option<Lines<'a>> {
         // Tabs, carriage returns, a byte-order mark, directives and document markers are all
-        // legal YAML with rules of their own: serde_yaml reads those files.
-        if text.bytes().any(|b| b == b'\t' || b == b'\r') || text.starts_with('\u{feff}') {
+        // legal YAML with rules of their own, and characters outside YAML's printable set
+        // (C0 and C1 controls, DEL, U+FFFE, U+FFFF; even in a comment) make the file invalid:
+        // serde_yaml reads those files, and reports the error.
+        let bytes = text.as_bytes();
+        let unsure = bytes.iter().enumerate().any(|(i, &b)| match b {
+            b'\n' => false,
+            0..=0x1f | 0x7f => true,
+            0xc2 => bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)),
+            0xef => {
+                bytes.get(i + 1) == Some(&0xbf) && matches!(bytes.get(i + 2), Some(0xbe | 0xbf))
+            }
+            _ => false,
+        });
+        if unsure || text.starts_with('\u{feff}') {
             return None;
         }
         let mut lines = Lines {
