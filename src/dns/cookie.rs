@@ -55,8 +55,9 @@ impl Cookies {
         }
     }
 
-    /// The cookies of `query` from `client` at `now` (seconds since the epoch, mod 2³²).
-    pub fn check(&self, query: &[u8], client: IpAddr, now: u32) -> Seen {
+    /// The cookies of `query` from `client` at `now` (seconds since the epoch, mod 2³²; asked
+    /// only when the query has a cookie to check).
+    pub fn check(&self, query: &[u8], client: IpAddr, now: impl FnOnce() -> u32) -> Seen {
         let Some(opt) = wire::find_opt(query) else {
             return Seen::None;
         };
@@ -72,7 +73,7 @@ impl Cookies {
         let valid = server.len() == 16 && server[..4] == [1, 0, 0, 0] && {
             let stamp = u32::from_be_bytes([server[4], server[5], server[6], server[7]]);
             // RFC 1982 arithmetic: the age is the difference mod 2³².
-            let age = now.wrapping_sub(stamp);
+            let age = now().wrapping_sub(stamp);
             (age <= VALID_FOR || age.wrapping_neg() <= VALID_EARLY)
                 && server[8..] == self.hash(&client_cookie, stamp, client)
         };
@@ -178,7 +179,7 @@ mod tests {
         let client: IpAddr = "127.200.0.1".parse().unwrap();
         let ours = [7u8; 8];
         assert_eq!(
-            cookies.check(&query(&ours), client, 1000),
+            cookies.check(&query(&ours), client, || 1000),
             Seen::Client(ours)
         );
 
@@ -191,20 +192,29 @@ mod tests {
         assert_eq!(&cookie[8..16], &[1, 0, 0, 0, 0, 0, 0x03, 0xe8]);
 
         let back = query(cookie);
-        assert_eq!(cookies.check(&back, client, 1000), Seen::Valid(ours));
-        assert_eq!(cookies.check(&back, client, 1000 + 3600), Seen::Valid(ours));
+        assert_eq!(cookies.check(&back, client, || 1000), Seen::Valid(ours));
         assert_eq!(
-            cookies.check(&back, client, 1000 + 3601),
+            cookies.check(&back, client, || 1000 + 3600),
+            Seen::Valid(ours)
+        );
+        assert_eq!(
+            cookies.check(&back, client, || 1000 + 3601),
             Seen::Client(ours)
         );
-        assert_eq!(cookies.check(&back, client, 1000 - 300), Seen::Valid(ours));
-        assert_eq!(cookies.check(&back, client, 1000 - 301), Seen::Client(ours));
-        let other: IpAddr = "127.200.0.2".parse().unwrap();
-        assert_eq!(cookies.check(&back, other, 1000), Seen::Client(ours));
-        let mapped: IpAddr = "::ffff:127.200.0.1".parse().unwrap();
-        assert_eq!(cookies.check(&back, mapped, 1000), Seen::Valid(ours));
         assert_eq!(
-            Cookies::new().check(&back, client, 1000),
+            cookies.check(&back, client, || 1000 - 300),
+            Seen::Valid(ours)
+        );
+        assert_eq!(
+            cookies.check(&back, client, || 1000 - 301),
+            Seen::Client(ours)
+        );
+        let other: IpAddr = "127.200.0.2".parse().unwrap();
+        assert_eq!(cookies.check(&back, other, || 1000), Seen::Client(ours));
+        let mapped: IpAddr = "::ffff:127.200.0.1".parse().unwrap();
+        assert_eq!(cookies.check(&back, mapped, || 1000), Seen::Valid(ours));
+        assert_eq!(
+            Cookies::new().check(&back, client, || 1000),
             Seen::Client(ours)
         );
         // Time wraps (RFC 1982): a cookie from just before the wrap is still young after it.
@@ -212,7 +222,10 @@ mod tests {
         cookies.answer(&mut r, ours, client, u32::MAX - 10, 1232);
         let opt = wire::find_opt(&r).unwrap();
         let (_, cookie) = opt.options(&r).next().unwrap();
-        assert_eq!(cookies.check(&query(cookie), client, 20), Seen::Valid(ours));
+        assert_eq!(
+            cookies.check(&query(cookie), client, || 20),
+            Seen::Valid(ours)
+        );
     }
 
     #[test]
@@ -221,7 +234,7 @@ mod tests {
         let client: IpAddr = "127.200.0.1".parse().unwrap();
         for len in [0, 1, 7, 9, 15, 41] {
             assert_eq!(
-                cookies.check(&query(&vec![1; len]), client, 0),
+                cookies.check(&query(&vec![1; len]), client, || 0),
                 Seen::Malformed,
                 "{len}"
             );

@@ -3,7 +3,7 @@
 //! No DNS decisions are made here. Servers are given bound sockets and a shutdown token (as in
 //! mini-redis), so tests bind port 0. UDP runs on worker threads ([`super::udp`]); TCP (RFC 7766)
 //! reads length-prefixed queries one after another on each connection, so a client may
-//! pipeline, and closes a connection idle for `tcp_idle`. Connections are admitted by an
+//! pipeline, and closes a connection idle for `tcp_idle`. Connections are admitted by a
 //! [`Gate`]: at most `tcp_max_connections`, of which untrusted sources hold at most
 //! half (64 per address, 256 per /24 or /64), so that the public cannot take the places of a
 //! space's resolvers; when a cap is reached, the connection under it idle longest (for at least
@@ -172,9 +172,12 @@ impl Server {
         client: IpAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
+        let now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32)
+        };
+        // The clock is read only for a query that has a cookie.
         let seen = self.cookies.check(query, client, now);
         match seen {
             Seen::None => {}
@@ -186,7 +189,7 @@ impl Server {
                         .clamp(512, 1232),
                     Transport::Tcp => u16::MAX,
                 };
-                (self.cookies).answer(&mut reply, client_cookie, client, now, limit.into());
+                (self.cookies).answer(&mut reply, client_cookie, client, now(), limit.into());
             }
         }
         if transport == Transport::Tcp || matches!(seen, Seen::Valid(_)) {
