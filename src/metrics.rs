@@ -39,6 +39,11 @@ struct DnsLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -68,8 +73,10 @@ pub struct DnsCounters {
     dropped: AtomicU64,
     /// Replies over the rate limits: dropped, and sent truncated instead (slipped).
     rate_limited: [AtomicU64; 2],
-    /// Replies truncated to fit UDP (TC=1), by transport.
+    /// Replies truncated to fit UDP (TC=1).
     truncated: AtomicU64,
+    /// REFUSED replies by [`Refusal`].
+    refused: [AtomicU64; 3],
     /// Queries relayed to upstreams, and those no upstream answered (SERVFAIL sent).
     relayed: [AtomicU64; 2],
     /// Time to answer a query, by bucket of [`DNS_LATENCY`], with the sum in nanoseconds.
@@ -101,6 +108,11 @@ impl DnsCounters {
         self.rate_limited[usize::from(slipped)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a REFUSED reply and why.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a reply truncated to fit UDP.
     pub fn truncated(&self) {
         self.truncated.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +136,18 @@ impl DnsCounters {
     }
 }
 
+/// Why a query was REFUSED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The asker is trusted by no space (whatever it asked: a public asker is not told a
+    /// private name from a name we do not serve).
+    Public = 0,
+    /// An operation or class we do not offer (a zone transfer, a class other than IN).
+    NotAllowed = 1,
+    /// A trusted asker asked for a name in no zone we serve (we never recurse).
+    NotOurs = 2,
+}
+
 /// The transport a DNS query came over, as the counters index it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -144,12 +168,13 @@ impl Collector for DnsShards {
         let mut answered = [[0u64; RCODES]; 2];
         let mut dropped = 0;
         let mut rate_limited = [0u64; 2];
-        let (mut truncated, mut relayed) = (0, [0u64; 2]);
+        let (mut truncated, mut relayed, mut refused) = (0, [0u64; 2], [0u64; 3]);
         let mut latency = [0u64; DNS_LATENCY.len() + 1];
         let mut latency_sum_ns = 0;
         for shard in lock(&self.shards).iter() {
             let pairs = (rate_limited.iter_mut().zip(&shard.rate_limited))
                 .chain(relayed.iter_mut().zip(&shard.relayed))
+                .chain(refused.iter_mut().zip(&shard.refused))
                 .chain(latency.iter_mut().zip(&shard.latency));
             for (sum, counter) in pairs {
                 *sum += counter.load(Ordering::Relaxed);
@@ -180,6 +205,20 @@ impl Collector for DnsShards {
             encoder.encode_descriptor("dns_rate_limited", help, None, MetricType::Counter)?;
         for (action, sum) in ["drop", "slip"].into_iter().zip(rate_limited) {
             ConstCounter::new(sum).encode(family.encode_family(&ActionLabels { action })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dns_refused",
+            "DNS queries REFUSED, by reason: public (no space trusts the asker), not_allowed (a \
+             zone transfer, a class other than IN), not_ours (a trusted asker, a name we do not \
+             serve)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, sum) in ["public", "not_allowed", "not_ours"]
+            .into_iter()
+            .zip(refused)
+        {
+            ConstCounter::new(sum).encode(family.encode_family(&ReasonLabels { reason })?)?;
         }
         for (name, help, value) in [
             (

@@ -688,6 +688,9 @@ async fn issue_10_metrics_count_a_known_sequence_exactly() {
         .unwrap();
     assert!(Message::from_vec(&reply).unwrap().metadata.truncation);
     tcp(b.dns, SPACE, "internal-app.herokuapp.com.", RecordType::A).await;
+    // Refused as not ours (a trusted asker, a name we do not serve) and as not allowed (AXFR).
+    ask(&b, SPACE, "example.net.", RecordType::A).await;
+    tcp(b.dns, SPACE, "herokuapp.com.", RecordType::AXFR).await;
     // Two requests for no app of the requester's: 404s.
     for _ in 0..2 {
         let mut stream = tcp_connect(b.http.unwrap(), PUBLIC).await;
@@ -707,19 +710,26 @@ async fn issue_10_metrics_count_a_known_sequence_exactly() {
         ),
         (
             "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"5\"}",
-            "2",
+            "3",
         ),
         (
             "spaceroute_dns_queries_total{transport=\"tcp\",rcode=\"0\"}",
             "1",
         ),
+        (
+            "spaceroute_dns_queries_total{transport=\"tcp\",rcode=\"5\"}",
+            "1",
+        ),
+        ("spaceroute_dns_refused_total{reason=\"public\"}", "2"),
+        ("spaceroute_dns_refused_total{reason=\"not_ours\"}", "1"),
+        ("spaceroute_dns_refused_total{reason=\"not_allowed\"}", "1"),
         ("spaceroute_dns_truncated_total", "1"),
         ("spaceroute_dns_dropped_total", "0"),
         ("spaceroute_dns_rate_limited_total{action=\"drop\"}", "0"),
         ("spaceroute_dns_rate_limited_total{action=\"slip\"}", "0"),
         ("spaceroute_dns_relayed_total", "0"),
         ("spaceroute_dns_relay_failures_total", "0"),
-        ("spaceroute_dns_answer_seconds_count", "9"),
+        ("spaceroute_dns_answer_seconds_count", "11"),
         (
             "spaceroute_http_requests_total{status=\"404\",code=\"\"}",
             "2",

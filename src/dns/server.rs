@@ -31,7 +31,7 @@ use crate::dns::cookie::{self, Cookies, Seen};
 use crate::dns::forward::Forwarder;
 use crate::dns::rrl::{self, RateLimits, Rrl, Verdict};
 use crate::dns::{udp, wire};
-use crate::metrics::{self, DnsCounters, Metrics};
+use crate::metrics::{self, DnsCounters, Metrics, Refusal};
 use crate::snapshot::Snapshot;
 
 /// Limits of the DNS server.
@@ -192,10 +192,18 @@ impl Server {
                 (self.cookies).answer(&mut reply, client_cookie, client, now(), limit.into());
             }
         }
-        if transport == Transport::Tcp || matches!(seen, Seen::Valid(_)) {
+        let refused = reply.get(3).is_some_and(|b| b & 0x0f == 5);
+        let exempt = transport == Transport::Tcp || matches!(seen, Seen::Valid(_));
+        if exempt && !refused {
             return Some(reply);
         }
         let trusted = snapshot.access.trusted(client);
+        if refused {
+            counters.refused(refusal(query, trusted));
+        }
+        if exempt {
+            return Some(reply);
+        }
         match self.rrl.check(client, trusted, query, &reply) {
             Verdict::Send => Some(reply),
             Verdict::Slip => {
@@ -207,6 +215,25 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Why `query` from an asker that some space trusts (or not) was REFUSED.
+fn refusal(query: &[u8], trusted: bool) -> Refusal {
+    // The question's type and class are its last four bytes.
+    let end = wire::question_end(query).unwrap_or(0);
+    let tail = query.get(end.saturating_sub(4)..end).unwrap_or(&[]);
+    let not_offered = match tail {
+        [t0, t1, c0, c1] => {
+            matches!(u16::from_be_bytes([*t0, *t1]), 251 | 252)
+                || u16::from_be_bytes([*c0, *c1]) != 1
+        }
+        _ => false,
+    };
+    match (not_offered, trusted) {
+        (true, _) => Refusal::NotAllowed,
+        (false, true) => Refusal::NotOurs,
+        (false, false) => Refusal::Public,
     }
 }
 
