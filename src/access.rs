@@ -117,6 +117,24 @@ impl Access {
         first
     }
 
+    /// The lowest-indexed space that trusts `ip` and how (its own network before a peer),
+    /// without allocating: the source's audience, for counting.
+    pub fn first(&self, ip: IpAddr) -> Option<(usize, Member)> {
+        let mut first: Option<(usize, Member)> = None;
+        self.each_hit(ip, |space, member| {
+            let better = match first {
+                None => true,
+                Some((s, m)) => {
+                    space < s || (space == s && member == Member::Network && m != Member::Network)
+                }
+            };
+            if better {
+                first = Some((space, member));
+            }
+        });
+        first
+    }
+
     /// Whether any space trusts `ip`.
     pub fn trusted(&self, ip: IpAddr) -> bool {
         let mut any = false;

@@ -5,6 +5,7 @@
 //! own, on cache lines no other core writes) and are summed when `/metrics` is scraped. The endpoint speaks HTTP/1.1 on its own listener (`--metrics`), off
 //! unless given, and answers `GET /metrics` in the Prometheus text format.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,12 @@ use crate::admission::Gate;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DnsLabels {
     transport: &'static str,
+    rcode: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AudienceLabels {
+    audience: String,
     rcode: u16,
 }
 
@@ -77,6 +84,9 @@ pub struct DnsCounters {
     truncated: AtomicU64,
     /// REFUSED replies by [`Refusal`].
     refused: [AtomicU64; 3],
+    /// Replies by audience (a space, `space/peer`, `public`) and rcode. Only its own thread
+    /// writes a set, so the lock is uncontended but for a scrape.
+    by_audience: Mutex<HashMap<Box<str>, [u64; RCODES]>>,
     /// Queries relayed to upstreams, and those no upstream answered (SERVFAIL sent).
     relayed: [AtomicU64; 2],
     /// Time to answer a query, by bucket of [`DNS_LATENCY`], with the sum in nanoseconds.
@@ -106,6 +116,20 @@ impl DnsCounters {
     /// Counts a reply over the rate limits, `slipped` (sent truncated) or dropped.
     pub fn rate_limited(&self, slipped: bool) {
         self.rate_limited[usize::from(slipped)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reply with `rcode` to a source of `audience`.
+    pub fn audience(&self, audience: &str, rcode: u16) {
+        let rcode = usize::from(rcode).min(RCODES - 1);
+        let mut by = lock(&self.by_audience);
+        match by.get_mut(audience) {
+            Some(counts) => counts[rcode] += 1,
+            None => {
+                let mut counts = [0; RCODES];
+                counts[rcode] = 1;
+                by.insert(audience.into(), counts);
+            }
+        }
     }
 
     /// Counts a REFUSED reply and why.
@@ -169,6 +193,7 @@ impl Collector for DnsShards {
         let mut dropped = 0;
         let mut rate_limited = [0u64; 2];
         let (mut truncated, mut relayed, mut refused) = (0, [0u64; 2], [0u64; 3]);
+        let mut by_audience: BTreeMap<Box<str>, [u64; RCODES]> = BTreeMap::new();
         let mut latency = [0u64; DNS_LATENCY.len() + 1];
         let mut latency_sum_ns = 0;
         for shard in lock(&self.shards).iter() {
@@ -180,6 +205,12 @@ impl Collector for DnsShards {
                 *sum += counter.load(Ordering::Relaxed);
             }
             truncated += shard.truncated.load(Ordering::Relaxed);
+            for (audience, counts) in lock(&shard.by_audience).iter() {
+                let sums = by_audience.entry(audience.clone()).or_insert([0; RCODES]);
+                for (sum, n) in sums.iter_mut().zip(counts) {
+                    *sum += n;
+                }
+            }
             latency_sum_ns += shard.latency_sum_ns.load(Ordering::Relaxed);
             for (sums, counters) in answered.iter_mut().zip(&shard.answered) {
                 for (sum, counter) in sums.iter_mut().zip(counters) {
@@ -205,6 +236,23 @@ impl Collector for DnsShards {
             encoder.encode_descriptor("dns_rate_limited", help, None, MetricType::Counter)?;
         for (action, sum) in ["drop", "slip"].into_iter().zip(rate_limited) {
             ConstCounter::new(sum).encode(family.encode_family(&ActionLabels { action })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dns_audience_queries",
+            "DNS queries answered, by the asker's audience (the first space that trusts it: \
+             the space's own network as the space's name, a peer as space/peer; or public) \
+             and rcode",
+            None,
+            MetricType::Counter,
+        )?;
+        for (audience, sums) in &by_audience {
+            for (rcode, sum) in sums.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let labels = AudienceLabels {
+                    audience: audience.to_string(),
+                    rcode: rcode as u16,
+                };
+                ConstCounter::new(*sum).encode(family.encode_family(&labels)?)?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "dns_refused",

@@ -688,6 +688,8 @@ async fn issue_10_metrics_count_a_known_sequence_exactly() {
         .unwrap();
     assert!(Message::from_vec(&reply).unwrap().metadata.truncation);
     tcp(b.dns, SPACE, "internal-app.herokuapp.com.", RecordType::A).await;
+    // From a peer: its own audience.
+    ask(&b, PROD_VPC, "open-app.herokuapp.com.", RecordType::A).await;
     // Refused as not ours (a trusted asker, a name we do not serve) and as not allowed (AXFR).
     ask(&b, SPACE, "example.net.", RecordType::A).await;
     tcp(b.dns, SPACE, "herokuapp.com.", RecordType::AXFR).await;
@@ -706,7 +708,23 @@ async fn issue_10_metrics_count_a_known_sequence_exactly() {
     let expect = [
         (
             "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"0\"}",
-            "6",
+            "7",
+        ),
+        (
+            "spaceroute_dns_audience_queries_total{audience=\"alpha\",rcode=\"0\"}",
+            "7",
+        ),
+        (
+            "spaceroute_dns_audience_queries_total{audience=\"alpha\",rcode=\"5\"}",
+            "2",
+        ),
+        (
+            "spaceroute_dns_audience_queries_total{audience=\"alpha/prod-vpc\",rcode=\"0\"}",
+            "1",
+        ),
+        (
+            "spaceroute_dns_audience_queries_total{audience=\"public\",rcode=\"5\"}",
+            "2",
         ),
         (
             "spaceroute_dns_queries_total{transport=\"udp\",rcode=\"5\"}",
@@ -729,7 +747,7 @@ async fn issue_10_metrics_count_a_known_sequence_exactly() {
         ("spaceroute_dns_rate_limited_total{action=\"slip\"}", "0"),
         ("spaceroute_dns_relayed_total", "0"),
         ("spaceroute_dns_relay_failures_total", "0"),
-        ("spaceroute_dns_answer_seconds_count", "11"),
+        ("spaceroute_dns_answer_seconds_count", "12"),
         (
             "spaceroute_http_requests_total{status=\"404\",code=\"\"}",
             "2",

@@ -192,16 +192,16 @@ impl Server {
                 (self.cookies).answer(&mut reply, client_cookie, client, now(), limit.into());
             }
         }
-        let refused = reply.get(3).is_some_and(|b| b & 0x0f == 5);
-        let exempt = transport == Transport::Tcp || matches!(seen, Seen::Valid(_));
-        if exempt && !refused {
-            return Some(reply);
-        }
-        let trusted = snapshot.access.trusted(client);
-        if refused {
+        let first = snapshot.access.first(client);
+        let audience =
+            first.and_then(|(space, member)| Some(snapshot.spaces.get(space)?.audience(member)));
+        let trusted = first.is_some();
+        let rcode = reply.get(3).map_or(0, |b| b & 0x0f);
+        counters.audience(audience.unwrap_or("public"), u16::from(rcode));
+        if rcode == 5 {
             counters.refused(refusal(query, trusted));
         }
-        if exempt {
+        if transport == Transport::Tcp || matches!(seen, Seen::Valid(_)) {
             return Some(reply);
         }
         match self.rrl.check(client, trusted, query, &reply) {

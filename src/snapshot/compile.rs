@@ -116,6 +116,9 @@ pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceVie
         network: space.network,
         peers: space.peers.iter().map(|p| p.cidrs.clone()).collect(),
         peer_names: space.peers.iter().map(|p| p.name.clone()).collect(),
+        audiences: std::iter::once(space.name.clone().into_boxed_str())
+            .chain((space.peers.iter()).map(|p| format!("{}/{}", space.name, p.name).into()))
+            .collect(),
         router_private: space.router_private.clone(),
         router_public: space.router_public.clone(),
         ttl: space.ttl,

@@ -75,6 +75,9 @@ pub struct SpaceView {
     pub peers: Vec<Vec<IpNet>>,
     /// The names of its peers, in the same order.
     pub peer_names: Vec<String>,
+    /// How metrics name its audiences: the space itself (its network), then `space/peer` for
+    /// each peer.
+    pub audiences: Vec<Box<str>>,
     /// Internal router endpoints.
     pub router_private: Vec<IpAddr>,
     /// Public router endpoints.
@@ -111,6 +114,15 @@ pub struct SpaceView {
 }
 
 impl SpaceView {
+    /// The metrics name of the audience of a source that this space trusts as `member`.
+    pub fn audience(&self, member: crate::access::Member) -> &str {
+        let at = match member {
+            crate::access::Member::Network => 0,
+            crate::access::Member::Peer(i) => i + 1,
+        };
+        self.audiences.get(at).map_or(&*self.name, |a| a)
+    }
+
     /// What this space claims that no other may, for the checks across files when the
     /// reloader keeps it from an earlier load; `file` is its space file.
     pub fn claims<'a>(&'a self, file: &'a Path) -> Claims<'a> {
