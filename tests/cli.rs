@@ -755,3 +755,15 @@ fn issue_10_check_rejects_a_certificate_the_server_could_not_use() {
         }
     }
 }
+
+/// Issue 10: a space with an error of its own still takes part in the checks across files, so
+/// one run of `check` reports both its error and its conflict with another file.
+#[test]
+fn issue_10_check_reports_a_files_own_error_and_its_conflict_with_another_in_one_run() {
+    let a = "space: alpha\nnetwork: 10.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [10.99.0.0/33]}\nrouter: {private: [10.16.0.10]}\napps:\n  - name: app-one\n";
+    let b = "space: beta\nnetwork: 10.17.0.0/16\nrouter: {private: [10.17.0.10]}\napps:\n  - name: app-one\n";
+    check_broken(&[("alpha.yaml", a), ("beta.yaml", b)])
+        .has("alpha.yaml", 4, "is not a CIDR")
+        .has("beta.yaml", 5, "already defined")
+        .count(2);
+}

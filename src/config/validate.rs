@@ -22,7 +22,9 @@ pub fn validate(sources: Vec<Source>) -> Result<Config, Vec<Diagnostic>> {
     let mut v = Validator::default();
     let mut spaces: Vec<(Space, &Source)> = Vec::new();
     for source in &sources {
-        if let Some(space) = v.space(source) {
+        // A space with errors of its own still takes part in the checks across files (with
+        // what of it is valid), so that one run reports every problem.
+        if let Some((space, _clean)) = v.space(source) {
             spaces.push((space, source));
         }
     }
@@ -42,7 +44,10 @@ pub fn validate(sources: Vec<Source>) -> Result<Config, Vec<Diagnostic>> {
 /// Checks one space file on its own, as [`validate`] does before the checks across files.
 pub fn check_space(source: &Source) -> Result<Space, Vec<Diagnostic>> {
     let mut v = Validator::default();
-    v.space(source).ok_or(v.diagnostics)
+    match v.space(source) {
+        Some((space, true)) => Ok(space),
+        _ => Err(v.diagnostics),
+    }
 }
 
 /// The checks across files of [`validate`], over what each space claims. A space with its
@@ -126,7 +131,9 @@ impl Validator {
     }
 
     /// Checks one space file on its own; `None` when it is too broken to cross-check.
-    fn space(&mut self, source: &Source) -> Option<Space> {
+    /// Checks one space file: the space built from what in it is valid (`None` only without a
+    /// valid network), and whether all of it was.
+    fn space(&mut self, source: &Source) -> Option<(Space, bool)> {
         let here = Here {
             path: &source.path,
             positions: &source.positions,
@@ -261,7 +268,8 @@ impl Validator {
         }
 
         let network = network?;
-        (self.diagnostics.len() == before).then(|| Space {
+        let clean = self.diagnostics.len() == before;
+        let space = Space {
             name: f.space.clone(),
             file: source.path.clone(),
             domain,
@@ -277,7 +285,8 @@ impl Validator {
             upstreams,
             zones,
             apps,
-        })
+        };
+        Some((space, clean))
     }
 
     fn app(
