@@ -26,7 +26,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("dns/rrl.rs", &["crate", "tokio hyper rustls notify tracing", SOCKETS]),
     ("dns/forward.rs", &["crate::config crate::snapshot crate::reload crate::router crate::metrics"]),
     ("router/", &["crate::config crate::dns crate::reload"]),
-    ("reload.rs", &["crate::dns crate::router", SOCKETS]),
+    ("reload/", &["crate::dns crate::router", SOCKETS]),
     ("metrics.rs", &["crate::config crate::snapshot crate::dns crate::router crate::reload"]),
 ];
 
