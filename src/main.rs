@@ -26,6 +26,7 @@ use spaceroute::admission::Capacity;
 use spaceroute::config;
 use spaceroute::dns::rrl::RateLimits;
 use spaceroute::dns::server::{self, Limits};
+use spaceroute::metrics::Metrics;
 use spaceroute::reload::{self, FileWatch, Reloader, Trigger};
 use spaceroute::router::logger::{Batched, RequestLog};
 use spaceroute::router::{self, Listener, Router, Timeouts};
@@ -320,8 +321,12 @@ async fn serve(args: Serve, log_format: LogFormat) -> ExitCode {
     let zones = &args.zones;
     info!(zones = %zones.display(), "loading");
     let dir = zones.clone();
+    // One set of metrics for the process: the reloader, the DNS server and the router count
+    // into it.
+    let metrics = Arc::new(Metrics::new());
+    let counted = metrics.clone();
     let loaded = tokio::select! {
-        loaded = tokio::task::spawn_blocking(move || Reloader::load(&dir)) => loaded,
+        loaded = tokio::task::spawn_blocking(move || Reloader::load_with(&dir, counted)) => loaded,
         _ = term.recv() => return stopped_while_loading("SIGTERM"),
         _ = int.recv() => return stopped_while_loading("SIGINT"),
     };
@@ -432,7 +437,6 @@ async fn serve(args: Serve, log_format: LogFormat) -> ExitCode {
         },
         ..Limits::default()
     };
-    let metrics = reloader.metrics();
     let dns = tokio::spawn(server::run(
         udp,
         tcp,

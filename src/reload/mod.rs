@@ -122,6 +122,11 @@ pub struct Status {
 impl Reloader {
     /// Loads `dir` for the first time; a failure here is fatal to the caller.
     pub fn load(dir: &Path) -> Result<Reloader, Vec<Diagnostic>> {
+        Reloader::load_with(dir, Arc::new(Metrics::new()))
+    }
+
+    /// [`Reloader::load`], counting into `metrics`, which the process's servers share.
+    pub fn load_with(dir: &Path, metrics: Arc<Metrics>) -> Result<Reloader, Vec<Diagnostic>> {
         let built = build(dir, &State::default())?;
         let [loaded, validated, compiled] = built.times;
         info!(
@@ -140,7 +145,6 @@ impl Reloader {
         for w in &snapshot.warnings {
             warn!("{w}");
         }
-        let metrics = Arc::new(Metrics::new());
         metrics.reloaded(1, serials.last);
         serials.report(&metrics);
         Ok(Reloader {
