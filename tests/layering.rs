@@ -14,7 +14,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("config/", &["crate::access crate::snapshot crate::dns crate::router crate::reload crate::metrics", "tokio hyper rustls notify tracing", SOCKETS]),
     ("access.rs", &["crate super hickory_proto", PURE, SOCKETS]),
     ("admission.rs", &["crate::config crate::snapshot crate::dns crate::router crate::reload crate::metrics", SOCKETS]),
-    ("snapshot/", &["crate::dns crate::router crate::reload crate::metrics", "tokio hyper notify", SOCKETS]),
+    ("snapshot/", &["crate::dns crate::router crate::reload crate::metrics crate::config::validate", "tokio hyper notify", SOCKETS]),
     ("dns/answer.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/fast.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/resolve.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),

@@ -225,3 +225,12 @@ impl Dyno {
         format!("{}.{}", self.process, self.index)
     }
 }
+
+/// The name a custom domain covers: itself, or for `*.x` the name `x` below which it answers.
+pub fn wildcard_base(domain: &Name) -> Name {
+    if domain.is_wildcard() {
+        domain.base_name()
+    } else {
+        domain.clone()
+    }
+}

@@ -12,7 +12,9 @@ use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 
 use super::load::{Positions, Source, ZoneText};
-use super::{App, Config, Diagnostic, Dyno, Nameserver, Peer, Policy, Space, Tls, Zone, model};
+use super::{
+    App, Config, Diagnostic, Dyno, Nameserver, Peer, Policy, Space, Tls, Zone, model, wildcard_base,
+};
 
 /// The most peers a space may have (the allow masks are 64 bits wide).
 pub const MAX_PEERS: usize = 64;
@@ -632,15 +634,6 @@ impl Validator {
         (texts.iter().enumerate())
             .filter_map(|(i, t)| self.ip(here, &format!("{entry}[{i}]"), t))
             .collect()
-    }
-}
-
-/// The name a custom domain covers: itself, or for `*.x` the name `x` below which it answers.
-pub fn wildcard_base(domain: &Name) -> Name {
-    if domain.is_wildcard() {
-        domain.base_name()
-    } else {
-        domain.clone()
     }
 }
 

@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Diagnostic;
 use crate::config::load;
-use crate::config::validate;
+use crate::config::validate::{self, Claims};
 use crate::metrics::Metrics;
 use crate::snapshot::{self, Snapshot, SpaceView};
 use prints::Prints;
@@ -299,7 +299,7 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
         }
     }
     let claims: Vec<_> = (reused.iter())
-        .map(|(path, kept)| (kept.view.claims(path), None))
+        .map(|(path, kept)| (claims(&kept.view, path), None))
         .chain(
             spaces
                 .iter()
@@ -346,6 +346,31 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
         reused: reused_count,
         times: [loaded, validated, compiled],
     })
+}
+
+/// What a kept space claims that no other may, for the checks across files: what
+/// [`crate::config::Space::claims`] gives for a space just read, from what was compiled of it. Here,
+/// not in `snapshot`, so that the snapshot knows nothing of validation.
+fn claims<'a>(view: &'a SpaceView, file: &'a Path) -> Claims<'a> {
+    Claims {
+        name: &view.name,
+        file,
+        network: view.network,
+        domain: &view.domain,
+        nameservers: (view.nameservers.iter().chain(&view.public_nameservers))
+            .map(|(n, _)| n)
+            .collect(),
+        apps: (view.apps.iter())
+            .map(|a| (&*a.name, &*a.domains))
+            .collect(),
+        records: (view.zones.iter())
+            .flat_map(|z| {
+                (z.nodes.iter()).flat_map(move |(owner, rrsets)| {
+                    (rrsets.iter()).map(move |r| (&*z.file, owner.clone(), r.rtype))
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Drops the last reference to an old snapshot on this (blocking) thread rather than on a

@@ -176,7 +176,7 @@ pub fn assemble(spaces: Vec<Arc<SpaceView>>) -> Snapshot {
                 .hosts
                 .insert(app_host(&mut host, &app.name, &domain), app_ref);
             for domain in &app.domains {
-                let base = crate::config::validate::wildcard_base(domain);
+                let base = crate::config::wildcard_base(domain);
                 custom.push((domain.clone(), app_ref));
                 if domain.is_wildcard() {
                     snapshot.wildcards.insert(base.clone(), app_ref);
@@ -234,7 +234,7 @@ fn public_names(snapshot: &Snapshot) -> HashSet<Box<[u8]>, RandomState> {
         for app in space.apps.iter().filter(|a| !a.internal) {
             public.insert(app_host(&mut host, &app.name, &domain).into());
             for domain in &app.domains {
-                let base = crate::config::validate::wildcard_base(domain);
+                let base = crate::config::wildcard_base(domain);
                 public.insert(wire(&base).into());
             }
         }

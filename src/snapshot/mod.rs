@@ -13,7 +13,7 @@ pub mod policy;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
@@ -23,7 +23,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::access::Access;
 use crate::config::Audience;
-use crate::config::validate::Claims;
 
 /// What trusted askers get for unlisted names under an app domain (the config's word for it).
 pub use crate::config::Policy;
@@ -121,30 +120,6 @@ impl SpaceView {
             crate::access::Member::Peer(i) => i + 1,
         };
         self.audiences.get(at).map_or(&*self.name, |a| a)
-    }
-
-    /// What this space claims that no other may, for the checks across files when the
-    /// reloader keeps it from an earlier load; `file` is its space file.
-    pub fn claims<'a>(&'a self, file: &'a Path) -> Claims<'a> {
-        Claims {
-            name: &self.name,
-            file,
-            network: self.network,
-            domain: &self.domain,
-            nameservers: (self.nameservers.iter().chain(&self.public_nameservers))
-                .map(|(n, _)| n)
-                .collect(),
-            apps: (self.apps.iter())
-                .map(|a| (&*a.name, &*a.domains))
-                .collect(),
-            records: (self.zones.iter())
-                .flat_map(|z| {
-                    (z.nodes.iter()).flat_map(move |(owner, rrsets)| {
-                        (rrsets.iter()).map(move |r| (&*z.file, owner.clone(), r.rtype))
-                    })
-                })
-                .collect(),
-        }
     }
 
     /// Every dyno of `app`, its web dynos first.
