@@ -139,12 +139,10 @@ impl Default for Cookies {
 }
 
 /// FORMERR for `query`, built on `reply` (its header and question): no records.
-pub fn formerr(mut reply: Vec<u8>) -> Vec<u8> {
-    let end = wire::question_end(&reply).unwrap_or(12).min(reply.len());
-    reply.truncate(end);
-    if reply.len() >= 12 {
-        reply[3] = (reply[3] & 0xf0) | 1;
-        reply[6..12].fill(0);
+pub fn formerr(reply: Vec<u8>) -> Vec<u8> {
+    let mut reply = wire::header_and_question(reply);
+    if let Some(rcode) = reply.get_mut(3) {
+        *rcode = (*rcode & 0xf0) | 1;
     }
     reply
 }

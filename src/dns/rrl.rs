@@ -164,12 +164,10 @@ impl Rrl {
 }
 
 /// The truncated stand-in for `reply`: its header and question, TC set, no records.
-pub fn slipped(mut reply: Vec<u8>) -> Vec<u8> {
-    let end = wire::question_end(&reply).unwrap_or(12).min(reply.len());
-    reply.truncate(end);
-    if reply.len() >= 12 {
-        reply[2] |= 0x02;
-        reply[6..12].fill(0);
+pub fn slipped(reply: Vec<u8>) -> Vec<u8> {
+    let mut reply = wire::header_and_question(reply);
+    if let Some(flags) = reply.get_mut(2) {
+        *flags |= 0x02;
     }
     reply
 }

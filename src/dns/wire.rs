@@ -69,6 +69,17 @@ pub fn question(message: &[u8]) -> Option<(String, u16)> {
     Some((name, qtype))
 }
 
+/// The header and question of `message` with every record dropped (the section counts at
+/// zero): what a FORMERR or a truncated stand-in keeps of a reply.
+pub fn header_and_question(mut message: Vec<u8>) -> Vec<u8> {
+    let end = question_end(&message).unwrap_or(12).min(message.len());
+    message.truncate(end);
+    if let Some(counts) = message.get_mut(6..12) {
+        counts.fill(0);
+    }
+    message
+}
+
 /// Where a message's OPT record is: the offset of its owner name and of its RDATA, and the
 /// RDATA's length; and whether it is the message's last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

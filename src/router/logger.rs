@@ -163,29 +163,39 @@ impl Batched {
 
 /// One log line as `tracing`'s default format writes it: UTC time, level, target, message.
 fn line_of(record: &Record, now: SystemTime, line: &mut Vec<u8>) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs();
-    let (year, month, day) = civil(secs / 86_400);
-    let day_secs = secs % 86_400;
     let _ = writeln!(
         line,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z  INFO spaceroute::router: {record}",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60,
-        since.subsec_micros(),
+        "{}  INFO spaceroute::router: {record}",
+        Timestamp(now)
     );
+}
+
+/// A time as `tracing` writes it: RFC 3339, UTC, microseconds.
+struct Timestamp(SystemTime);
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let secs = since.as_secs();
+        let (year, month, day) = civil(secs / 86_400);
+        let day_secs = secs % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            day_secs / 3600,
+            day_secs / 60 % 60,
+            day_secs % 60,
+            since.subsec_micros(),
+        )
+    }
 }
 
 /// One log line as `tracing`'s JSON format writes it (`--log-format json`, events flattened):
 /// time, level, target, and the record's fields, numbers as numbers.
 fn json_line_of(record: &Record, now: SystemTime, line: &mut Vec<u8>) {
-    let mut time = Vec::new();
-    line_of(&Record::default(), now, &mut time);
-    let time = String::from_utf8_lossy(&time[..27]).into_owned();
     let error = record.error;
     let value = serde_json::json!({
-        "timestamp": time,
+        "timestamp": Timestamp(now).to_string(),
         "level": "INFO",
         "target": "spaceroute::router",
         "at": if error.is_some() { "error" } else { "info" },
