@@ -221,7 +221,51 @@ async fn serials_grow_only_for_changed_zones_and_sighup_without_changes_keeps_th
         "127.16.5.6",
     );
     b.wait_for("reloaded:", 4).await;
-    assert!(serial(&b, SPACE, "corp.example.com.").await > second);
+    // The file's serial was not raised: one more than before, and the operator is told.
+    assert_eq!(serial(&b, SPACE, "corp.example.com.").await, corp + 1);
+    assert_eq!(
+        b.count("zone corp.example.com. (its SOA)"),
+        1,
+        "{:?}",
+        b.logs()
+    );
+}
+
+/// Issue 10: two replicas of the same files, started at different times and one of them
+/// through an edit, serve the same SOA serials: the ones the files declare.
+#[tokio::test]
+async fn issue_10_replicas_started_at_different_times_serve_the_same_serials() {
+    let dir = copy_dir(&fixture_dir());
+    let alpha = dir.path().join("alpha.yaml");
+    edit(&alpha, "ttl: 30", "serial: 2026113001\nttl: 30");
+    let early = Binary::start(dir.path());
+    let zones = [
+        (SPACE, "herokuapp.com."),
+        (SPACE, "corp.example.com."),
+        (PUBLIC, "www.example.net."),
+    ];
+    let mut first = Vec::new();
+    for (from, apex) in zones {
+        first.push(serial(&early, from, apex).await);
+    }
+    assert_eq!(first, [2026113001, 2026112301, 2026113001]);
+
+    edit(
+        &alpha,
+        "serial: 2026113001\nttl: 30",
+        "serial: 2026113002\nttl: 31",
+    );
+    early.wait_for("reloaded:", 1).await;
+    // A later second on the clock, which gave the serials before.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let late = Binary::start(dir.path());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (from, apex) in zones {
+        a.push(serial(&early, from, apex).await);
+        b.push(serial(&late, from, apex).await);
+    }
+    assert_eq!(a, [2026113002, 2026112301, 2026113002]);
+    assert_eq!(a, b);
 }
 
 #[tokio::test]

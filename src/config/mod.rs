@@ -120,6 +120,11 @@ pub struct Space {
     pub public_nameservers: Vec<Nameserver>,
     /// The RNAME of public SOAs, if set.
     pub public_hostmaster: Option<Name>,
+    /// The serial the file declares for its synthesized zones (`serial`), if any.
+    pub serial: Option<u32>,
+    /// The serial the file declares for what public askers see (`public.serial`, else
+    /// `serial`), if any.
+    pub public_serial: Option<u32>,
     /// What trusted askers get for unlisted names under `domain`.
     pub unlisted: Policy,
     /// Where `forward` relays to.

@@ -16,6 +16,10 @@ pub struct SpaceFile {
     pub domain: Option<String>,
     /// The space's own CIDR (IPv4 or IPv6).
     pub network: String,
+    /// The SOA serial of the zones synthesized from this file, as the tooling that writes the
+    /// file stamps it (a date or a Unix time): replicas of the same file then agree on it.
+    /// When absent, each process takes serials from its clock.
+    pub serial: Option<u32>,
     /// Trusted networks outside the space: peered VPCs, VPN-connected offices.
     #[serde(default)]
     pub peers: Vec<Peer>,
@@ -84,6 +88,9 @@ pub struct Public {
     pub nameservers: Vec<Nameserver>,
     /// The SOA RNAME, e.g. `hostmaster.example.net`; `hostmaster.<apex>` when absent.
     pub hostmaster: Option<String>,
+    /// The serial public askers see, bumped only when public data changes; the space's
+    /// `serial` when absent.
+    pub serial: Option<u32>,
 }
 
 /// Names under the space's app domain that no space lists (`some-public-app.herokuapp.com`).

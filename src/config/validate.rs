@@ -283,6 +283,8 @@ impl Validator {
             nameservers,
             public_nameservers,
             public_hostmaster,
+            serial: f.serial,
+            public_serial: f.public.serial.or(f.serial),
             unlisted: f.unlisted.policy,
             upstreams,
             zones,

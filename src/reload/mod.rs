@@ -321,7 +321,7 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
         prints.add(space);
     }
     let mut serials = old.serials.clone();
-    serials.assign(&old.prints, &prints, unix_now());
+    let serial_warnings = serials.assign(&old.prints, &prints, unix_now());
     let reused_count = reused.len();
     let mut kept: HashMap<PathBuf, Kept> = reused.into_iter().collect();
     kept.extend(spaces.into_iter().map(|(space, source)| {
@@ -336,7 +336,8 @@ fn build(dir: &Path, old: &State) -> Result<Built, Vec<Diagnostic>> {
     }));
     let mut views: Vec<Arc<SpaceView>> = kept.values().map(|k| k.view.clone()).collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
-    let snapshot = snapshot::assemble(views);
+    let mut snapshot = snapshot::assemble(views);
+    snapshot.warnings.extend(serial_warnings);
     let compiled = started.elapsed() - loaded - validated;
     Ok(Built {
         snapshot,
@@ -442,15 +443,22 @@ mod tests {
     const ZONE: &str = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nwww IN A 10.1.1.1\n";
 
     fn config(router: &str, www: &str, extra_app: bool) -> Config {
+        declared(router, www, extra_app, "", 1)
+    }
+
+    /// A space with `top` among its top-level keys and a zone file of serial `zone_serial`.
+    fn declared(router: &str, www: &str, extra_app: bool, top: &str, zone_serial: u32) -> Config {
         let app = if extra_app {
             "  - name: extra-app\n"
         } else {
             ""
         };
         let yaml = format!(
-            "space: s\nnetwork: 10.16.0.0/16\nrouter: {{private: [{router}]}}\nzones:\n  - file: corp.example.zone\napps:\n  - name: the-app\n{app}"
+            "space: s\n{top}network: 10.16.0.0/16\nrouter: {{private: [{router}]}}\nzones:\n  - file: corp.example.zone\napps:\n  - name: the-app\n{app}"
         );
-        let zone = ZONE.replace("10.1.1.1", www);
+        let zone = ZONE
+            .replace("10.1.1.1", www)
+            .replace(" 1 2 3 4 5", &format!(" {zone_serial} 2 3 4 5"));
         config::parse_texts(&[("d/s.yaml", &yaml)], &[("d/corp.example.zone", &zone)]).unwrap()
     }
 
@@ -468,23 +476,73 @@ mod tests {
     fn serials_move_only_for_changed_zones_and_never_back() {
         let mut serials = Serials::default();
         let a = Prints::of(&config("10.16.0.10", "10.1.1.1", false));
-        serials.assign(&Prints::default(), &a, 1000);
-        assert_eq!(serials_of(&serials), (1000, 1000));
+        // The space declares no serial: the clock. The zone file says 1.
+        assert!(serials.assign(&Prints::default(), &a, 1000).is_empty());
+        assert_eq!(serials_of(&serials), (1000, 1));
         // Same second, app data changed: +1 for the space's zones only.
         let b = Prints::of(&config("10.16.0.11", "10.1.1.1", false));
         serials.assign(&a, &b, 1000);
-        assert_eq!(serials_of(&serials), (1001, 1000));
+        assert_eq!(serials_of(&serials), (1001, 1));
         // Nothing changed: nothing moves, even much later.
         serials.assign(&b, &b, 5000);
-        assert_eq!(serials_of(&serials), (1001, 1000));
-        // The zone file changed later: it takes the clock.
+        assert_eq!(serials_of(&serials), (1001, 1));
+        // The zone file's data changed but not its serial: one more, and a warning naming it.
         let c = Prints::of(&config("10.16.0.11", "10.1.1.2", false));
-        serials.assign(&b, &c, 6000);
-        assert_eq!(serials_of(&serials), (1001, 6000));
+        let warnings = serials.assign(&b, &c, 6000);
+        assert_eq!(serials_of(&serials), (1001, 2));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("zone corp.example."), "{warnings:?}");
         // A clock that went back does not take serials back.
         let d = Prints::of(&config("10.16.0.12", "10.1.1.2", false));
         serials.assign(&c, &d, 10);
-        assert_eq!(serials_of(&serials), (6001, 6000));
+        assert_eq!(serials_of(&serials), (1002, 2));
+        // The file raised its serial: taken as written, with no warning.
+        let e = Prints::of(&declared("10.16.0.12", "10.1.1.3", false, "", 7));
+        assert!(serials.assign(&d, &e, 20).is_empty());
+        assert_eq!(serials_of(&serials), (1002, 7));
+    }
+
+    /// Issue 10: replicas built from the same files serve the same serials, whatever each one
+    /// loaded before and whatever its clock says.
+    #[test]
+    fn issue_10_declared_serials_agree_across_replicas_started_at_different_times() {
+        let v1 = Prints::of(&declared(
+            "10.16.0.10",
+            "10.1.1.1",
+            false,
+            "serial: 2026113001\n",
+            5,
+        ));
+        let v2 = Prints::of(&declared(
+            "10.16.0.11",
+            "10.1.1.2",
+            true,
+            "serial: 2026113002\n",
+            6,
+        ));
+        // One replica ran through v1 and then v2, the other started on v2 a day later.
+        let mut early = Serials::default();
+        early.assign(&Prints::default(), &v1, 1_000);
+        assert_eq!(serials_of(&early), (2026113001, 5));
+        assert!(early.assign(&v1, &v2, 2_000).is_empty());
+        let mut late = Serials::default();
+        late.assign(&Prints::default(), &v2, 90_000);
+        assert_eq!(serials_of(&early), serials_of(&late));
+        assert_eq!(serials_of(&late), (2026113002, 6));
+        let public = |s: &Serials| s.get(ZoneKey::Public("s"));
+        assert_eq!((public(&early), public(&late)), (2026113002, 2026113002));
+        // A serial written lower than one served is not taken back, and says so.
+        let v3 = Prints::of(&declared(
+            "10.16.0.11",
+            "10.1.1.2",
+            true,
+            "serial: 2026010100\n",
+            6,
+        ));
+        let warnings = early.assign(&v2, &v3, 3_000);
+        assert_eq!(serials_of(&early), (2026113002, 6));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("is below 2026113002"), "{warnings:?}");
     }
 
     /// Issue 7, item 8: outsiders cannot watch internal deploys in the public SOA serial.
@@ -508,6 +566,18 @@ mod tests {
         let c = Prints::of(&c);
         serials.assign(&b, &c, 3000);
         assert_eq!(public(&serials), 3000);
+        // With declared serials, `public.serial` is the public view's: an internal deploy that
+        // raises `serial` leaves it.
+        let top = |n| format!("serial: {n}\npublic: {{serial: 77}}\n");
+        let d = Prints::of(&declared("10.16.0.11", "10.1.1.1", true, &top(10), 1));
+        let e = Prints::of(&declared("10.16.0.12", "10.1.1.1", false, &top(11), 1));
+        let mut serials = Serials::default();
+        serials.assign(&Prints::default(), &d, 1000);
+        assert!(serials.assign(&d, &e, 2000).is_empty());
+        assert_eq!(
+            (serials.get(ZoneKey::Space("s")), public(&serials)),
+            (11, 77)
+        );
     }
 
     #[test]

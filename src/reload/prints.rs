@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use foldhash::quality::FixedState;
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, RData};
 
 #[cfg(test)]
 use crate::config::Config;
@@ -47,10 +47,20 @@ impl ZoneId {
 /// decide serials and to log what changed. Kept small: at a million apps, one hash per app.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Prints {
-    /// Each zone's data.
-    pub(super) zones: HashMap<ZoneId, u64>,
+    /// Each zone's data, and the serial its files declare.
+    pub(super) zones: HashMap<ZoneId, ZonePrint>,
     /// Each space, shared with the next generation while it does not change.
     pub(super) spaces: HashMap<String, Arc<SpacePrints>>,
+}
+
+/// One zone's fingerprint and declared serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ZonePrint {
+    /// The zone's data, serial excluded.
+    pub(super) data: u64,
+    /// The serial its files give it: a zone file's SOA serial, a space's `serial`; `None`
+    /// leaves it to the clock.
+    pub(super) serial: Option<u32>,
 }
 
 /// One space's fingerprints.
@@ -126,14 +136,18 @@ impl Prints {
                 .collect::<Vec<_>>(),
         );
         let mut space = vec![synthesized, public];
+        let print = |data, serial| ZonePrint { data, serial };
         self.zones
-            .insert(ZoneId::Space(s.name.clone()), synthesized);
-        self.zones.insert(ZoneId::Public(s.name.clone()), public);
+            .insert(ZoneId::Space(s.name.clone()), print(synthesized, s.serial));
+        self.zones.insert(
+            ZoneId::Public(s.name.clone()),
+            print(public, s.public_serial),
+        );
         for z in &s.zones {
-            let print = fingerprint(&z.records);
-            space.push(print);
+            let (data, serial) = zone_print(z);
+            space.push(data);
             let id = ZoneId::File(s.name.clone(), z.apex.clone(), z.audience);
-            self.zones.insert(id, print);
+            self.zones.insert(id, print(data, Some(serial)));
             names.extend(z.records.keys().map(|k| k.name.to_string()));
         }
         let prints = SpacePrints {
@@ -146,6 +160,22 @@ impl Prints {
         };
         self.spaces.insert(s.name.clone(), Arc::new(prints));
     }
+}
+
+/// A zone file's data, its SOA serial left out, and that serial.
+fn zone_print(zone: &config::Zone) -> (u64, u32) {
+    let mut serial = 0;
+    let mut data = DefaultHasher::new();
+    for (key, set) in &zone.records {
+        for record in set.records_without_rrsigs() {
+            let mut record = record.clone();
+            if let RData::SOA(soa) = &mut record.data {
+                serial = std::mem::take(&mut soa.serial);
+            }
+            fingerprint(&(key, record)).hash(&mut data);
+        }
+    }
+    (data.finish(), serial)
 }
 
 /// A hash of a value that is `Hash` (apps, a million of them): stable within the process.
