@@ -33,6 +33,23 @@ async fn serial(b: &Binary, from: &str, apex: &str) -> u32 {
     }
 }
 
+/// Waits until the SOA serial at `apex` is no longer `old` (right after the reload that applies
+/// an edit, whether the watcher saw it as one event or two); returns the new one.
+async fn serial_moves(b: &Binary, from: &str, apex: &str, old: u32) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = serial(b, from, apex).await;
+        if now != old {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{apex}'s serial stays {old}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn edit(path: &Path, from: &str, to: &str) {
     let text = fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{from:?} not in {}", path.display());
@@ -195,11 +212,9 @@ async fn serials_grow_only_for_changed_zones_and_sighup_without_changes_keeps_th
 
     // Two changes in quick succession (likely within one second) still give growing serials.
     edit(&dir.path().join("alpha.yaml"), "ttl: 30", "ttl: 31");
-    b.wait_for("reloaded:", 2).await;
-    let first = serial(&b, SPACE, "herokuapp.com.").await;
+    let first = serial_moves(&b, SPACE, "herokuapp.com.", app_domain).await;
     edit(&dir.path().join("alpha.yaml"), "ttl: 31", "ttl: 32");
-    b.wait_for("reloaded:", 3).await;
-    let second = serial(&b, SPACE, "herokuapp.com.").await;
+    let second = serial_moves(&b, SPACE, "herokuapp.com.", first).await;
     assert!(
         app_domain < first && first < second,
         "{app_domain} {first} {second}"
@@ -220,15 +235,14 @@ async fn serials_grow_only_for_changed_zones_and_sighup_without_changes_keeps_th
         "127.16.5.5",
         "127.16.5.6",
     );
-    b.wait_for("reloaded:", 4).await;
     // The file's serial was not raised: one more than before, and the operator is told.
-    assert_eq!(serial(&b, SPACE, "corp.example.com.").await, corp + 1);
+    let warning = "zone corp.example.com. (its SOA)";
     assert_eq!(
-        b.count("zone corp.example.com. (its SOA)"),
-        1,
-        "{:?}",
-        b.logs()
+        serial_moves(&b, SPACE, "corp.example.com.", corp).await,
+        corp + 1
     );
+    b.wait_for(warning, 1).await;
+    assert_eq!(b.count(warning), 1, "{:?}", b.logs());
 }
 
 /// Issue 10: two replicas of the same files, started at different times and one of them
@@ -464,8 +478,9 @@ async fn ten_files_changed_at_once_never_serve_a_mix() {
     })
     .await;
     stop.store(true, Ordering::Relaxed);
+    // Never a mix, and never the old version after the new one. How many reloads the burst
+    // took depends on how the kernel spread the events; the debounce has its own test.
     assert_eq!(watcher.await.unwrap(), ["1", "2"]);
-    assert_eq!(reloader.status().generation, 2, "one reload for the burst");
     shutdown.cancel();
 }
 
@@ -610,9 +625,10 @@ async fn metrics_count_reloads_failures_serials_and_queries() {
     b.wait_for("last reload failed", 1).await;
     let text = scrape(&b).await;
     assert_eq!(metric(&text, refused).as_deref(), Some("3"));
+    // One edit is usually one reload; the watcher may see it twice, and the count follows.
     assert_eq!(
-        metric(&text, "spaceroute_reload_failures_total").as_deref(),
-        Some("1")
+        metric(&text, "spaceroute_reload_failures_total"),
+        Some(b.count("last reload failed").to_string())
     );
     assert_eq!(
         metric(&text, "spaceroute_last_reload_failed").as_deref(),
@@ -635,8 +651,8 @@ async fn metrics_count_reloads_failures_serials_and_queries() {
         Some("0")
     );
     assert_eq!(
-        metric(&text, "spaceroute_config_generation").as_deref(),
-        Some("2")
+        metric(&text, "spaceroute_config_generation"),
+        Some((1 + b.count("reloaded:")).to_string())
     );
 }
 

@@ -412,13 +412,13 @@ pub async fn run(
         };
         let Some(first) = first else { return };
         // Debounce: wait until the files are quiet, but never more than 2 s after the first event.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut why = first;
         while let Ok(Some(t)) = tokio::time::timeout(debounce, receiver.recv()).await {
             if t == Trigger::Signal {
                 why = t;
             }
-            if Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 break;
             }
         }
@@ -439,6 +439,8 @@ mod tests {
     use crate::config::{self, Audience, Config};
     use crate::snapshot::ZoneKey;
     use hickory_proto::rr::Name;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     const ZONE: &str = "$TTL 60\n@ IN SOA ns1 h 1 2 3 4 5\nwww IN A 10.1.1.1\n";
 
@@ -578,6 +580,48 @@ mod tests {
             (serials.get(ZoneKey::Space("s")), public(&serials)),
             (11, 77)
         );
+    }
+
+    /// The debounce, on tokio's paused clock: a burst of triggers is one reload, and a stream
+    /// that never pauses is reloaded every 2 s rather than never.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_reload_and_a_stream_is_reloaded_every_two_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "space: s\nnetwork: 10.16.0.0/16\nrouter: {private: [10.16.0.10]}\n";
+        std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
+        let reloader = Arc::new(Reloader::load(dir.path()).unwrap());
+        let generation = || reloader.status().generation;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let debounce = Duration::from_millis(200);
+        tokio::spawn(run(reloader.clone(), None, rx, debounce, shutdown.clone()));
+        let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+        // Ten triggers 50 ms apart, then quiet: one reload, 200 ms after the last.
+        for _ in 0..10 {
+            tx.send(Trigger::File).unwrap();
+            sleep(50).await;
+        }
+        sleep(100).await;
+        assert_eq!(generation(), 1, "not before the files are quiet");
+        sleep(100).await;
+        assert_eq!(generation(), 2);
+
+        // A trigger every 100 ms for 5 s: a reload once 2 s have passed since the first.
+        for i in 0..50 {
+            tx.send(Trigger::File).unwrap();
+            sleep(100).await;
+            let expected = match i {
+                0..20 => 2,
+                21..42 => 3,
+                43.. => 4,
+                _ => continue,
+            };
+            assert_eq!(generation(), expected, "after trigger {i}");
+        }
+        sleep(300).await;
+        assert_eq!(generation(), 5, "and once more when it stops");
+        shutdown.cancel();
     }
 
     #[test]
