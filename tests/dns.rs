@@ -12,6 +12,7 @@ use hickory_proto::rr::RData;
 use hickory_proto::rr::RecordType::{self, A, MX};
 use spaceroute::dns::rrl::RateLimits;
 use spaceroute::dns::server::Limits;
+use spaceroute::dns::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
@@ -968,6 +969,19 @@ async fn issue_7_unlisted_names_are_relayed_to_the_upstream_with_the_askers_id()
     );
     let m = udp(relay.addr, SPACE, "mine.herokuapp.com.", A).await;
     assert_eq!(data(&m), ["127.16.0.10"]);
+    // Issue 10: cookies are per hop. The asker's does not go to the upstream, the upstream's
+    // does not come back: the reply carries one COOKIE, ours, for the asker's client cookie.
+    let q = cookie_query("big-app.herokuapp.com.", Some(&[0x5a; 8]));
+    let reply = udp_raw(relay.addr, SPACE, &q, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let opt = wire::find_opt(&reply).expect("an OPT");
+    let cookies: Vec<&[u8]> = (opt.options(&reply))
+        .filter(|&(code, _)| code == wire::OPTION_COOKIE)
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies[0][..8], [0x5a; 8]);
     // Never for the public, and a query from the upstream's own address is a loop.
     let m = udp(relay.addr, PUBLIC, "big-app.herokuapp.com.", A).await;
     assert_eq!(m.metadata.response_code, Refused);

@@ -18,7 +18,7 @@ use siphasher::sip::SipHasher24;
 use super::wire::{self, Opt};
 
 /// The COOKIE option's code.
-const COOKIE: u16 = 10;
+const COOKIE: u16 = wire::OPTION_COOKIE;
 
 /// A server cookie is valid this long after its timestamp (RFC 9018 §4.3)...
 const VALID_FOR: u32 = 3600;

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
 use crate::dns::answer::Transport;
+use crate::dns::wire;
 
 /// Relays queries to upstream servers.
 #[derive(Debug)]
@@ -55,7 +56,10 @@ impl Forwarder {
         limit: u16,
     ) -> Option<Vec<u8>> {
         let _permit = self.in_flight.try_acquire().ok()?;
+        // Cookies are between the asker and us, and between us and the upstream: the asker's
+        // do not go on, the upstream's do not come back (we add ours to the reply).
         let mut outgoing = query.to_vec();
+        wire::strip_option(&mut outgoing, wire::OPTION_COOKIE);
         let id = self.ids.hash_one(self.sent.fetch_add(1, Ordering::Relaxed)) as u16;
         outgoing.get_mut(..2)?.copy_from_slice(&id.to_be_bytes());
         let question = question(&outgoing)?;
@@ -64,6 +68,7 @@ impl Forwarder {
                 continue;
             };
             reply.get_mut(..2)?.copy_from_slice(query.get(..2)?);
+            wire::strip_option(&mut reply, wire::OPTION_COOKIE);
             if transport == Transport::Udp && reply.len() > usize::from(limit) {
                 return truncated(&reply);
             }

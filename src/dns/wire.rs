@@ -4,6 +4,8 @@
 
 /// The OPT record's type.
 const TYPE_OPT: u16 = 41;
+/// The EDNS option code of DNS cookies (RFC 7873).
+pub const OPTION_COOKIE: u16 = 10;
 
 /// The offset just past the name starting at `at` (labels, ending in a root label or a
 /// compression pointer).
@@ -154,6 +156,27 @@ pub fn find_opt(message: &[u8]) -> Option<Opt> {
     None
 }
 
+/// Removes every EDNS option `code` from the message's OPT record, if it has one.
+pub fn strip_option(message: &mut Vec<u8>, code: u16) {
+    let Some(opt) = find_opt(message) else { return };
+    let kept: Vec<u8> = (opt.options(message))
+        .filter(|&(c, _)| c != code)
+        .flat_map(|(c, data)| {
+            let len = data.len() as u16;
+            [c.to_be_bytes(), len.to_be_bytes()]
+                .concat()
+                .into_iter()
+                .chain(data.iter().copied())
+        })
+        .collect();
+    let rdata = opt.rdlength_at + 2;
+    let Ok(len) = u16::try_from(kept.len()) else {
+        return;
+    };
+    message[opt.rdlength_at..rdata].copy_from_slice(&len.to_be_bytes());
+    message.splice(rdata..rdata + opt.rdlength, kept);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +197,26 @@ mod tests {
         m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         m.extend_from_slice(&rdata);
         m
+    }
+
+    #[test]
+    fn strip_option_removes_every_option_of_a_code_and_keeps_the_rest() {
+        let mut m = query(&[(10, &[1; 8]), (12, &[0; 3]), (10, &[2; 24])]);
+        let before = m.len();
+        strip_option(&mut m, 10);
+        assert_eq!(m.len(), before - (4 + 8) - (4 + 24));
+        let opt = find_opt(&m).unwrap();
+        assert!(opt.last);
+        assert_eq!(opt.options(&m).collect::<Vec<_>>(), [(12, &[0u8; 3][..])]);
+        // A message without the option, or without an OPT, is left as it is.
+        let same = m.clone();
+        strip_option(&mut m, 10);
+        assert_eq!(m, same);
+        let mut bare = m[..m.len() - 11 - 7].to_vec();
+        bare[11] = 0;
+        let same = bare.clone();
+        strip_option(&mut bare, 10);
+        assert_eq!(bare, same);
     }
 
     #[test]
