@@ -101,37 +101,13 @@ pub fn explain(
     })
 }
 
-/// Every name `source` may resolve to an app (app names and custom domains, exact and
-/// wildcard) and every owner name of the zone files it sees, sorted.
+/// Every name `source` may resolve to an app and every owner name of the zone files it sees,
+/// sorted, as text.
 pub fn visible_names(snapshot: &Snapshot, source: IpAddr) -> Vec<String> {
-    let trusts = snapshot.access.classify(source);
-    let mut names = Vec::new();
-    for (s, space) in snapshot.spaces.iter().enumerate() {
-        for (a, app) in space.apps.iter().enumerate() {
-            let app_ref = AppRef { space: s, app: a };
-            if snapshot.addresses(app_ref, &trusts).is_none() {
-                continue;
-            }
-            if let Ok(host) =
-                Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
-            {
-                names.push(host.to_ascii());
-            }
-            names.extend(app.domains.iter().map(Name::to_ascii));
-        }
-        let trusted = trusts.iter().any(|t| t.space == s);
-        for zone in &space.zones {
-            let sees = match zone.audience {
-                Audience::Trusted => trusted,
-                Audience::Public => !trusted,
-            };
-            if sees {
-                names.extend(zone.nodes.keys().map(Name::to_ascii));
-            }
-        }
-    }
+    let mut names: Vec<String> = (snapshot.visible_names(source).iter())
+        .map(Name::to_ascii)
+        .collect();
     names.sort();
-    names.dedup();
     names
 }
 

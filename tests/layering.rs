@@ -23,6 +23,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("explain.rs", &["crate::config::load crate::reload crate::router crate::dns::server crate::metrics", PURE, SOCKETS]),
     ("dns/wire.rs", &["crate", PURE, SOCKETS]),
     ("dns/cookie.rs", &["crate", "tokio hyper rustls notify std::time tracing", SOCKETS]),
+    ("dns/xfr.rs", &["crate::config crate::dns::server super::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
+    ("dns/tsig.rs", &["crate::config crate::dns::server crate::router crate::reload crate::metrics", PURE, SOCKETS]),
     ("dns/rrl.rs", &["crate", "tokio hyper rustls notify tracing", SOCKETS]),
     ("dns/forward.rs", &["crate::config crate::snapshot crate::reload crate::router crate::metrics"]),
     ("router/", &["crate::config crate::dns crate::reload"]),

@@ -33,6 +33,8 @@ pub struct Source {
     pub zones: Vec<Option<ZoneText>>,
     /// Its apps' certificate pairs as (cert PEM, key PEM), in the order of `apps`.
     pub certs: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    /// Its secondaries' key files, in the order of `secondaries`; `None` where unreadable.
+    pub keys: Vec<Option<Vec<u8>>>,
     /// A hash of the space file's text ([`content_hash`]).
     pub hash: u64,
     /// The files it names (zone files, certificates), each with a hash of its bytes, `None`
@@ -246,12 +248,24 @@ fn space_source(
         certs.push(cert.zip(key));
     }
 
+    let mut keys = Vec::new();
+    for (i, secondary) in file.secondaries.iter().enumerate() {
+        let full = base.join(&secondary.key.file);
+        let bytes = read(&full).map_err(|e| {
+            let (line, column) = positions.at(&format!("secondaries[{i}].key.file"));
+            let message = format!("cannot read key file {}: {e}", full.display());
+            diagnostics.push(at(path, line, column, message))
+        });
+        keys.push(bytes.ok());
+    }
+
     let source = Source {
         path: path.to_path_buf(),
         file,
         positions,
         zones,
         certs,
+        keys,
         hash: content_hash(text.as_bytes()),
         named,
     };

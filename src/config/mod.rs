@@ -133,6 +133,8 @@ pub struct Space {
     pub zones: Vec<Zone>,
     /// The apps.
     pub apps: Vec<App>,
+    /// The secondaries that replicate its views.
+    pub secondaries: Vec<Secondary>,
 }
 
 impl Space {
@@ -147,6 +149,84 @@ impl Space {
             })
             .sum();
         app_names + zone_names
+    }
+}
+
+/// A checked secondary server.
+#[derive(Debug, Clone, Hash)]
+pub struct Secondary {
+    /// Its name, for logs.
+    pub name: String,
+    /// The addresses its transfer requests may come from.
+    pub sources: Vec<IpAddr>,
+    /// Where NOTIFY goes.
+    pub notify: Vec<SocketAddr>,
+    /// The key that signs its requests.
+    pub key: TsigKey,
+    /// The view it replicates.
+    pub audience: XfrAudience,
+}
+
+/// Whose view of the space's zones a secondary replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum XfrAudience {
+    /// What the space's own network sees.
+    Space,
+    /// What the space's peer at this index sees.
+    Peer(usize),
+    /// What askers that no space trusts see.
+    Public,
+}
+
+/// A TSIG key (RFC 8945). Its `Debug` form leaves the secret out, so it is never logged.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TsigKey {
+    /// The key's name, lower-case.
+    pub name: Name,
+    /// The MAC algorithm.
+    pub algorithm: TsigAlgorithm,
+    /// The secret.
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for TsigKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TsigKey")
+            .field("name", &self.name)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TSIG algorithms we sign and verify with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TsigAlgorithm {
+    /// `hmac-sha256`, which every secondary supports.
+    HmacSha256,
+    /// `hmac-sha384`.
+    HmacSha384,
+    /// `hmac-sha512`.
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    /// The algorithm by its name in a config or on the wire (`hmac-sha256` or `hmac-sha256.`).
+    pub fn from_name(name: &str) -> Option<TsigAlgorithm> {
+        match name.trim_end_matches('.').to_ascii_lowercase().as_str() {
+            "hmac-sha256" => Some(TsigAlgorithm::HmacSha256),
+            "hmac-sha384" => Some(TsigAlgorithm::HmacSha384),
+            "hmac-sha512" => Some(TsigAlgorithm::HmacSha512),
+            _ => None,
+        }
+    }
+
+    /// Its name, as the TSIG record carries it (without the final dot).
+    pub fn name(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
     }
 }
 

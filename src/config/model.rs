@@ -43,6 +43,38 @@ pub struct SpaceFile {
     /// The space's apps.
     #[serde(default)]
     pub apps: Vec<App>,
+    /// Secondary servers that replicate one of this space's views by zone transfer.
+    #[serde(default)]
+    pub secondaries: Vec<Secondary>,
+}
+
+/// A secondary server (Knot, BIND, NSD) that follows one audience's zones by AXFR/IXFR.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secondary {
+    /// Its name, for logs.
+    pub name: String,
+    /// Its addresses, `ip` or `ip:port`: its transfer requests must come from one of them, and
+    /// NOTIFY goes to each (port 53 unless given).
+    pub addresses: Vec<String>,
+    /// The TSIG key that signs its requests and our answers.
+    pub key: Key,
+    /// What it replicates: `space` (what the space's own network sees), `peer:<name>` (what
+    /// that peer sees) or `public` (what askers no space trusts see).
+    pub audience: String,
+}
+
+/// A TSIG key (RFC 8945) whose secret sits in a file of its own, never in the space file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    /// The key's name, as both sides know it.
+    pub name: String,
+    /// `hmac-sha256` (the default), `hmac-sha384` or `hmac-sha512`.
+    pub algorithm: Option<String>,
+    /// The file with the base64 secret, relative to the space file: the secret alone, or the
+    /// output of BIND's `tsig-keygen` or Knot's `keymgr -t`.
+    pub file: String,
 }
 
 /// A trusted network outside the space.

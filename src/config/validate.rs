@@ -13,7 +13,8 @@ use ipnet::IpNet;
 
 use super::load::{Positions, Source, ZoneText};
 use super::{
-    App, Config, Diagnostic, Dyno, Nameserver, Peer, Policy, Space, Tls, Zone, model, wildcard_base,
+    App, Config, Diagnostic, Dyno, Nameserver, Peer, Policy, Secondary, Space, Tls, TsigAlgorithm,
+    TsigKey, XfrAudience, Zone, model, wildcard_base,
 };
 
 /// The most peers a space may have (the allow masks are 64 bits wide).
@@ -79,6 +80,8 @@ pub struct Claims<'a> {
     pub apps: Vec<(&'a str, &'a [Name])>,
     /// Its zone files' records: the file, the owner (lower-case) and the type.
     pub records: Vec<(&'a Path, Name, RecordType)>,
+    /// Its secondaries' keys, by index in `secondaries`, with the audience each replicates.
+    pub keys: Vec<(&'a Name, XfrAudience)>,
 }
 
 impl Space {
@@ -99,6 +102,9 @@ impl Space {
                 .flat_map(|z| {
                     (z.records.keys()).map(|k| (&*z.file, k.name.to_lowercase(), k.record_type))
                 })
+                .collect(),
+            keys: (self.secondaries.iter())
+                .map(|s| (&s.key.name, s.audience))
                 .collect(),
         }
     }
@@ -269,6 +275,13 @@ impl Validator {
             }
         }
 
+        let secondaries = (f.secondaries.iter().enumerate())
+            .filter_map(|(i, secondary)| {
+                let key = source.keys.get(i).cloned().flatten();
+                self.secondary(&here, i, secondary, key.as_deref(), &f.peers)
+            })
+            .collect();
+
         let network = network?;
         let clean = self.diagnostics.len() == before;
         let space = Space {
@@ -289,6 +302,7 @@ impl Validator {
             upstreams,
             zones,
             apps,
+            secondaries,
         };
         Some((space, clean))
     }
@@ -485,11 +499,29 @@ impl Validator {
         let ns_names: HashMap<&Name, &Path> = (spaces.iter())
             .flat_map(|(s, _)| s.nameservers.iter().map(|&n| (n, s.file)))
             .collect();
+        // A TSIG key names one audience of one space: it is how a request finds its view.
+        let mut keys: HashMap<&Name, (&str, XfrAudience, &Path)> = HashMap::new();
         for (i, (space, source)) in spaces.iter().enumerate() {
             let here = Here {
                 path: space.file,
                 positions: source.map_or(&unknown, |s| &s.positions),
             };
+            for (k, &(key, audience)) in space.keys.iter().enumerate() {
+                let first = *keys
+                    .entry(key)
+                    .or_insert((space.name, audience, space.file));
+                if first.0 != space.name || first.1 != audience {
+                    let msg = format!(
+                        "key {} already signs for another audience ({}, {:?}) in {}: give each \
+                         audience its own key",
+                        key.to_ascii(),
+                        first.0,
+                        first.1,
+                        first.2.display()
+                    );
+                    self.report(&here, &format!("secondaries[{k}].key.name"), msg);
+                }
+            }
             let next_id = domain_ids.len();
             let domain_id = *domain_ids.entry(space.domain).or_insert(next_id);
             // The nameserver names one label below this app domain, the names an app could take.
@@ -585,6 +617,97 @@ impl Validator {
                 }
             }
         }
+    }
+
+    /// Checks one secondary: its addresses, its key (name, algorithm, the secret in its file)
+    /// and its audience; `None` when any is wrong.
+    fn secondary(
+        &mut self,
+        here: &Here,
+        i: usize,
+        s: &model::Secondary,
+        key_file: Option<&[u8]>,
+        peers: &[model::Peer],
+    ) -> Option<Secondary> {
+        let at = |entry: &str| format!("secondaries[{i}].{entry}");
+        let before = self.diagnostics.len();
+        if s.addresses.is_empty() {
+            self.report(here, &at("name"), "a secondary needs an address".into());
+        }
+        let mut notify = Vec::new();
+        for (a, text) in s.addresses.iter().enumerate() {
+            let parsed = (text.parse::<SocketAddr>().ok()).or_else(|| {
+                text.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => notify.push(addr),
+                None => self.report(
+                    here,
+                    &at(&format!("addresses[{a}]")),
+                    format!("invalid address {text:?}: expected ip or ip:port"),
+                ),
+            }
+        }
+        // A key name is any domain name, one label included (`xfr-a`, as keymgr makes them).
+        let key_name = s.key.name.trim_end_matches('.');
+        let name = (Name::from_ascii(format!("{key_name}.")).ok())
+            .filter(|n| !key_name.is_empty() && !n.is_wildcard())
+            .map(|n| n.to_lowercase());
+        if name.is_none() {
+            let msg = format!("key name {:?} is not a domain name", s.key.name);
+            self.report(here, &at("key.name"), msg);
+        }
+        let wanted = s.key.algorithm.as_deref().unwrap_or("hmac-sha256");
+        let algorithm = TsigAlgorithm::from_name(wanted);
+        if algorithm.is_none() {
+            let msg = format!(
+                "unknown TSIG algorithm {wanted:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"
+            );
+            self.report(here, &at("key.algorithm"), msg);
+        }
+        let secret = key_file.and_then(|bytes| {
+            tsig_secret(bytes)
+                .map_err(|e| {
+                    let msg = format!("key file {}: {e}", s.key.file);
+                    self.report(here, &at("key.file"), msg)
+                })
+                .ok()
+        });
+        let audience = match s.audience.as_str() {
+            "space" => Some(XfrAudience::Space),
+            "public" => Some(XfrAudience::Public),
+            other => match other.strip_prefix("peer:") {
+                Some(peer) => match peers.iter().position(|p| p.name == peer) {
+                    Some(index) => Some(XfrAudience::Peer(index)),
+                    None => {
+                        let msg = format!("audience {other:?}: the space has no peer {peer:?}");
+                        self.report(here, &at("audience"), msg);
+                        None
+                    }
+                },
+                None => {
+                    let msg = format!("audience {other:?}: expected space, public or peer:<name>");
+                    self.report(here, &at("audience"), msg);
+                    None
+                }
+            },
+        };
+        if self.diagnostics.len() != before {
+            return None;
+        }
+        Some(Secondary {
+            name: s.name.clone(),
+            sources: notify.iter().map(|a| a.ip()).collect(),
+            notify,
+            key: TsigKey {
+                name: name?,
+                algorithm: algorithm?,
+                secret: secret?,
+            },
+            audience: audience?,
+        })
     }
 
     fn nameservers(
@@ -702,6 +825,28 @@ impl<'a> ZoneNames<'a> {
 
 fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The base64 secret of a key file: the secret alone, or the `secret` line of BIND's
+/// `tsig-keygen` (`secret "…";`) or Knot's `keymgr -t` (`secret: …`) output.
+fn tsig_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let line = (text.lines())
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("secret"))
+        .unwrap_or(text);
+    let b64: String = (line.chars())
+        .filter(|c| !matches!(c, ':' | '"' | ';') && !c.is_whitespace())
+        .collect();
+    let secret = (data_encoding::BASE64.decode(b64.as_bytes()))
+        .map_err(|e| format!("the secret is not base64: {e}"))?;
+    if secret.len() < 16 {
+        return Err(format!(
+            "a {}-byte secret is too short (at least 16; `tsig-keygen` or `keymgr -t` make one)",
+            secret.len()
+        ));
+    }
+    Ok(secret)
 }
 
 fn is_space_name(s: &str) -> bool {

@@ -8,5 +8,7 @@ pub mod forward;
 pub mod resolve;
 pub mod rrl;
 pub mod server;
+pub mod tsig;
 mod udp;
 pub mod wire;
+pub mod xfr;

@@ -30,7 +30,7 @@ use crate::dns::answer::{Answer, Transport, answer};
 use crate::dns::cookie::{self, Cookies, Seen};
 use crate::dns::forward::Forwarder;
 use crate::dns::rrl::{self, RateLimits, Rrl, Verdict};
-use crate::dns::{udp, wire};
+use crate::dns::{udp, wire, xfr};
 use crate::metrics::{self, DnsCounters, Metrics, Refusal};
 use crate::snapshot::Snapshot;
 
@@ -295,6 +295,20 @@ async fn serve_tcp(
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let started = Instant::now();
+        let snapshot = server.snapshot.load_full();
+        match xfr::handle(&snapshot, peer.ip(), Transport::Tcp, message, unix_now()) {
+            Some(xfr::Xfr::Reply(reply)) => {
+                write_framed(&mut stream, &reply, idle).await?;
+                continue;
+            }
+            Some(xfr::Xfr::Transfer(transfer)) => {
+                send_transfer(&mut stream, transfer, idle, peer).await?;
+                admitted.touch();
+                continue;
+            }
+            None => {}
+        }
+        drop(snapshot);
         let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
         let Some(reply) = respond(server, result, message, peer, Transport::Tcp).await else {
             continue;
@@ -313,15 +327,56 @@ async fn serve_tcp(
         let Some(reply) = guarded else {
             continue;
         };
-        let Ok(reply_len) = u16::try_from(reply.len()) else {
-            continue;
-        };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&reply_len.to_be_bytes());
-        framed.extend_from_slice(&reply);
-        tokio::time::timeout(idle, stream.write_all(&framed)).await??;
+        write_framed(&mut stream, &reply, idle).await?;
         admitted.touch();
     }
+}
+
+/// Writes one length-prefixed message; one too long for the prefix is not sent.
+async fn write_framed(stream: &mut TcpStream, reply: &[u8], idle: Duration) -> io::Result<()> {
+    let Ok(reply_len) = u16::try_from(reply.len()) else {
+        return Ok(());
+    };
+    let mut framed = Vec::with_capacity(reply.len() + 2);
+    framed.extend_from_slice(&reply_len.to_be_bytes());
+    framed.extend_from_slice(reply);
+    tokio::time::timeout(idle, stream.write_all(&framed)).await??;
+    Ok(())
+}
+
+/// Streams a zone transfer: its messages are built on a blocking thread a few ahead of the
+/// socket, so a large zone is never in memory whole and never holds up an async worker.
+async fn send_transfer(
+    stream: &mut TcpStream,
+    transfer: Box<xfr::Transfer>,
+    idle: Duration,
+    peer: SocketAddr,
+) -> io::Result<()> {
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        for message in transfer {
+            if tx.blocking_send(message).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    while let Some(message) = rx.recv().await {
+        write_framed(stream, &message, idle).await?;
+        messages += 1;
+        bytes += message.len() as u64;
+    }
+    let _ = producer.await;
+    info!(%peer, messages, bytes, ms = started.elapsed().as_millis() as u64, "zone transfer sent");
+    Ok(())
+}
+
+/// Seconds since 1970, for TSIG.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The query log: every `every`-th query is logged at info (0: none), switchable at run time

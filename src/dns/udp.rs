@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::answer::{Transport, answer};
-use super::server::{Server, record, respond};
+use super::server::{Server, record, respond, unix_now};
+use super::xfr;
 
 /// The most datagrams one system call reads or writes.
 const BATCH: usize = 32;
@@ -110,6 +111,13 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
         let snapshot = server.snapshot.load();
         for (buffer, &(len, peer)) in buffers.iter().zip(&received) {
             let query = &buffer[..len];
+            if let Some(xfr) = xfr::handle(&snapshot, peer.ip(), Transport::Udp, query, unix_now())
+            {
+                if let xfr::Xfr::Reply(reply) = xfr {
+                    replies.push((reply, peer));
+                }
+                continue;
+            }
             let result = answer(&snapshot, peer.ip(), Transport::Udp, query);
             if result.outcome.forward.is_some() {
                 let (server, socket, query) = (server.clone(), socket.clone(), query.to_vec());

@@ -371,6 +371,9 @@ fn claims<'a>(view: &'a SpaceView, file: &'a Path) -> Claims<'a> {
                 })
             })
             .collect(),
+        keys: (view.secondaries.iter())
+            .map(|s| (&s.key.name, s.audience))
+            .collect(),
     }
 }
 

@@ -139,6 +139,7 @@ pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceVie
         dynos,
         processes,
         warnings,
+        secondaries: space.secondaries.clone(),
     }
 }
 

@@ -26,6 +26,8 @@ use crate::config::Audience;
 
 /// What trusted askers get for unlisted names under an app domain (the config's word for it).
 pub use crate::config::Policy;
+/// The secondaries of a space and their keys, as zone transfers and NOTIFY use them.
+pub use crate::config::{Secondary, TsigAlgorithm, TsigKey, XfrAudience};
 
 pub use compile::{ZoneKey, assemble, certified_key, compile, compile_space};
 pub use policy::Sight;
@@ -110,6 +112,8 @@ pub struct SpaceView {
     processes: Vec<Box<str>>,
     /// Problems that did not stop the compile (a certificate whose key type rustls cannot use).
     pub warnings: Vec<String>,
+    /// The secondaries that replicate its views by zone transfer.
+    pub secondaries: Vec<Secondary>,
 }
 
 impl SpaceView {

@@ -25,6 +25,45 @@ pub enum Sight {
 }
 
 impl Snapshot {
+    /// Every name `source` may resolve to an app (app names and custom domains, exact and
+    /// wildcard) and every owner name of the zone files it sees, without duplicates.
+    pub fn visible_names(&self, source: IpAddr) -> Vec<Name> {
+        let trusts = self.access.classify(source);
+        let mut names = Vec::new();
+        for (s, space) in self.spaces.iter().enumerate() {
+            for (a, app) in space.apps.iter().enumerate() {
+                let app_ref = AppRef { space: s, app: a };
+                if self.addresses(app_ref, &trusts).is_none() {
+                    continue;
+                }
+                if let Ok(host) =
+                    Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
+                {
+                    names.push(host);
+                }
+                names.extend(app.domains.iter().cloned());
+            }
+            let trusted = trusts.iter().any(|t| t.space == s);
+            for zone in &space.zones {
+                let sees = match zone.audience {
+                    Audience::Trusted => trusted,
+                    Audience::Public => !trusted,
+                };
+                if sees {
+                    names.extend(zone.nodes.keys().cloned());
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+
+    /// Every apex we serve to someone: app domains, zone files, custom domains.
+    pub fn apex_names(&self) -> impl Iterator<Item = &Name> {
+        self.apexes.keys()
+    }
+
     /// What an asker with `trusts` sees at the lower-case `qname` among app names and custom
     /// domains: an exact name first, then an empty non-terminal, then the wildcard at the
     /// closest encloser (RFC 4592 §3.3.1), all over the names this asker may see.

@@ -1,0 +1,550 @@
+//! Zone transfers to secondaries, one audience at a time: AXFR and IXFR (RFC 5936, 1995), signed
+//! with TSIG (RFC 8945), and a catalog zone per audience (RFC 9432).
+//!
+//! A request signed with a secondary's key, from one of its addresses, is answered as that
+//! secondary's audience sees the zones: the space's own network, one of its peers, or the
+//! public. The audience is played by a source address it holds, and every record of a transfer
+//! comes from [`answer`] for that source, so a secondary serves exactly what spaceroute answers
+//! its audience. The zones of an audience are the apexes whose SOA the audience gets; the app
+//! domain is one of them only when it is wholly ours for that audience (`unlisted: nxdomain`):
+//! a secondary cannot relay unlisted names as we do. Service discovery (`app.localspace.`) is
+//! never transferred: its names are not listed anywhere a secondary could find them.
+//!
+//! Pure, like `answer`: the caller passes the time and does the I/O. A transfer is a
+//! [`Transfer`], an iterator of messages built as they are taken, so a million-app zone is never
+//! in memory whole. IXFR is answered with the whole zone (RFC 1995 §4 allows it) unless the
+//! secondary is up to date, when one SOA says so.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{NS, PTR, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+
+use super::answer::{Transport, answer};
+use super::tsig::{self, Rejected, Signed, Signer};
+use crate::snapshot::{LOCALSPACE, Policy, Secondary, Snapshot, TsigKey, XfrAudience};
+
+/// The most bytes of records in one transfer message, before its TSIG record.
+const MESSAGE_BUDGET: usize = 16_000;
+
+/// What to send for a request that [`handle`] took.
+pub enum Xfr {
+    /// One message, signed (or carrying an unsigned TSIG error).
+    Reply(Vec<u8>),
+    /// A transfer over TCP: its messages, signed as they are built.
+    Transfer(Box<Transfer>),
+}
+
+/// The secondary a request comes from, and how to sign to it.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// The space it belongs to.
+    pub space: usize,
+    /// Its index in that space's secondaries.
+    pub secondary: usize,
+}
+
+/// A request signed with one of our secondaries' keys: the answer, or `None` when the request
+/// carries no TSIG with a key we know (the answer function then answers it as any other).
+pub fn handle(
+    snapshot: &Arc<Snapshot>,
+    client: IpAddr,
+    transport: Transport,
+    query: &[u8],
+    now: u64,
+) -> Option<Xfr> {
+    let signed = match tsig::find(query)? {
+        Ok(signed) => signed,
+        Err(()) => return None,
+    };
+    let (who, secondary) = find_key(snapshot, &signed.key)?;
+    let key = &secondary.key;
+    let (header, question) = header_and_question(query)?;
+    if let Err(rejected) = tsig::verify(query, &signed, key, now) {
+        return Some(Xfr::Reply(rejection(
+            &header, question, &signed, key, rejected, now,
+        )));
+    }
+    let mut signer = Signer::new(key, &signed.mac, now);
+    let sign = |mut reply: Vec<u8>, signer: &mut Signer| {
+        signer.sign(&mut reply, 0);
+        Xfr::Reply(reply)
+    };
+    let client = client.to_canonical();
+    let (h0, q0) = (header, question.clone());
+    let refused = move |signer: &mut Signer| {
+        sign(
+            message(&h0, q0.clone(), ResponseCode::Refused, Vec::new()),
+            signer,
+        )
+    };
+    if !secondary.sources.iter().any(|s| s.to_canonical() == client) {
+        return Some(refused(&mut signer));
+    }
+    let Some(source) = audience_source(snapshot, &who, secondary.audience) else {
+        return Some(refused(&mut signer));
+    };
+    let Some(question) = question else {
+        return Some(refused(&mut signer));
+    };
+    let catalog = catalog_name(snapshot, &who, secondary.audience);
+    let qname = question.name().to_lowercase();
+    let rtype = question.query_type();
+    let unsigned = &query[..signed.start];
+    let member = |apex: &Name| members(snapshot, source).into_iter().find(|m| &m.0 == apex);
+
+    match rtype {
+        RecordType::AXFR | RecordType::IXFR => {
+            let serial = if Some(&qname) == catalog.as_ref() {
+                catalog_soa(snapshot, source, &qname).map(|soa| soa_serial(&soa))
+            } else {
+                member(&qname).map(|m| m.1)
+            };
+            let Some(serial) = serial else {
+                return Some(refused(&mut signer));
+            };
+            let theirs = (rtype == RecordType::IXFR)
+                .then(|| ixfr_serial(unsigned))
+                .flatten();
+            let up_to_date = theirs.is_some_and(|t| !newer(serial, t));
+            if transport == Transport::Udp || up_to_date {
+                // AXFR over UDP carries no data; IXFR over UDP, or for a secondary that is up
+                // to date, gets the current SOA alone (RFC 1995 §2, §4).
+                if rtype == RecordType::AXFR {
+                    return Some(refused(&mut signer));
+                }
+                let soa = match Some(&qname) == catalog.as_ref() {
+                    true => catalog_soa(snapshot, source, &qname),
+                    false => records(snapshot, source, &qname, RecordType::SOA).pop(),
+                };
+                let answers = soa.into_iter().collect();
+                let reply = message(&header, Some(question), ResponseCode::NoError, answers);
+                return Some(sign(reply, &mut signer));
+            }
+            let (zone, soa) = match Some(&qname) == catalog.as_ref() {
+                true => {
+                    let mut records = catalog_records(snapshot, source, &qname).into_iter();
+                    let soa = records.next();
+                    (Zone::Catalog(records), soa)
+                }
+                false => (
+                    Zone::Names(zone_names(snapshot, source, &qname).into_iter()),
+                    records(snapshot, source, &qname, RecordType::SOA).pop(),
+                ),
+            };
+            let Some(soa) = soa else {
+                return Some(refused(&mut signer));
+            };
+            Some(Xfr::Transfer(Box::new(Transfer {
+                snapshot: snapshot.clone(),
+                source,
+                header,
+                question,
+                zone,
+                soa,
+                started: false,
+                pending: Vec::new(),
+                done: false,
+                signer,
+            })))
+        }
+        _ if Some(&qname) == catalog.as_ref() => {
+            let answers = match rtype {
+                RecordType::SOA => catalog_soa(snapshot, source, &qname).into_iter().collect(),
+                _ => Vec::new(),
+            };
+            let reply = message(&header, Some(question), ResponseCode::NoError, answers);
+            Some(sign(reply, &mut signer))
+        }
+        _ => {
+            // Any other signed query (a secondary's SOA refresh): the audience's answer.
+            let mut reply = answer(snapshot, source, transport, &strip_tsig(unsigned))
+                .reply
+                .unwrap_or_default();
+            if reply.len() < 12 {
+                return Some(refused(&mut signer));
+            }
+            reply[..2].copy_from_slice(&header.metadata.id.to_be_bytes());
+            Some(sign(reply, &mut signer))
+        }
+    }
+}
+
+/// The secondary whose key is `key` (lower-case wire form).
+fn find_key<'s>(snapshot: &'s Snapshot, key: &[u8]) -> Option<(Who, &'s Secondary)> {
+    snapshot.spaces.iter().enumerate().find_map(|(s, space)| {
+        let (i, secondary) = (space.secondaries.iter().enumerate())
+            .find(|(_, sec)| tsig::wire_name(&sec.key.name) == key)?;
+        Some((
+            Who {
+                space: s,
+                secondary: i,
+            },
+            secondary,
+        ))
+    })
+}
+
+/// Every secondary of every space, with the source address that plays its audience.
+pub fn secondaries(snapshot: &Snapshot) -> Vec<(Who, &Secondary, IpAddr)> {
+    let mut out = Vec::new();
+    for (s, space) in snapshot.spaces.iter().enumerate() {
+        for (i, secondary) in space.secondaries.iter().enumerate() {
+            let who = Who {
+                space: s,
+                secondary: i,
+            };
+            if let Some(source) = audience_source(snapshot, &who, secondary.audience) {
+                out.push((who, secondary, source));
+            }
+        }
+    }
+    out
+}
+
+/// A source address that the audience holds: the first address of the space's network or of
+/// the peer's first network; for the public, a documentation address no space trusts. Only
+/// ever classified, never sent anything.
+pub fn audience_source(snapshot: &Snapshot, who: &Who, audience: XfrAudience) -> Option<IpAddr> {
+    let space = snapshot.spaces.get(who.space)?;
+    match audience {
+        XfrAudience::Space => Some(space.network.network()),
+        XfrAudience::Peer(i) => Some(space.peers.get(i)?.first()?.network()),
+        XfrAudience::Public => ["192.0.2.1", "198.51.100.1", "203.0.113.1", "2001:db8::1"]
+            .iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .find(|ip| snapshot.access.classify(*ip).is_empty()),
+    }
+}
+
+/// The name of an audience's catalog zone: `<space>.catalog.spaceroute.invalid.`,
+/// `<peer>.<space>.catalog.spaceroute.invalid.`, `_public.catalog.spaceroute.invalid.`.
+pub fn catalog_name(snapshot: &Snapshot, who: &Who, audience: XfrAudience) -> Option<Name> {
+    let space = snapshot.spaces.get(who.space)?;
+    let text = match audience {
+        XfrAudience::Space => format!("{}.catalog.spaceroute.invalid.", space.name),
+        XfrAudience::Peer(i) => {
+            format!(
+                "{}.{}.catalog.spaceroute.invalid.",
+                space.peer_names.get(i)?,
+                space.name
+            )
+        }
+        XfrAudience::Public => "_public.catalog.spaceroute.invalid.".to_string(),
+    };
+    Name::from_ascii(text).ok()
+}
+
+/// The zones `source` may transfer, with their serials, sorted by name: every apex whose SOA
+/// it gets, except service discovery and an app domain whose unlisted names we relay or refuse.
+pub fn members(snapshot: &Snapshot, source: IpAddr) -> Vec<(Name, u32)> {
+    let trusts = snapshot.access.classify(source);
+    let localspace = Name::from_ascii(LOCALSPACE).ok();
+    let not_wholly_ours: Vec<&Name> = (snapshot.spaces.iter().enumerate())
+        .filter(|(s, space)| {
+            trusts.iter().any(|t| t.space == *s) && space.unlisted != Policy::Nxdomain
+        })
+        .map(|(_, space)| &space.domain)
+        .collect();
+    let mut out: Vec<(Name, u32)> = snapshot
+        .apex_names()
+        .filter(|apex| Some(*apex) != localspace.as_ref() && !not_wholly_ours.contains(apex))
+        .filter_map(|apex| {
+            let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
+            Some((apex.clone(), soa_serial(&soa)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn soa_serial(record: &Record) -> u32 {
+    match &record.data {
+        RData::SOA(soa) => soa.serial,
+        _ => 0,
+    }
+}
+
+/// The records of `qname`/`rtype` that `source` gets as the answer itself: owned by `qname`
+/// and of that type (a CNAME's target, glue and the like left out), from an authoritative
+/// NOERROR. A delegation's NS come from the referral's authority section.
+fn records(snapshot: &Snapshot, source: IpAddr, qname: &Name, rtype: RecordType) -> Vec<Record> {
+    let mut query = Message::query();
+    query.metadata.id = 0;
+    query.add_query(Query::query(qname.clone(), rtype));
+    let Some(reply) = (query.to_vec().ok())
+        .and_then(|bytes| answer(snapshot, source, Transport::Tcp, &bytes).reply)
+        .and_then(|bytes| Message::from_vec(&bytes).ok())
+    else {
+        return Vec::new();
+    };
+    if reply.metadata.response_code != ResponseCode::NoError {
+        return Vec::new();
+    }
+    let owned = |r: &&Record| r.record_type() == rtype && r.name.to_lowercase() == *qname;
+    if reply.metadata.authoritative {
+        return reply.answers.iter().filter(owned).cloned().collect();
+    }
+    if rtype == RecordType::NS {
+        return reply.authorities.iter().filter(owned).cloned().collect();
+    }
+    Vec::new()
+}
+
+/// The names of the zone at `apex` as `source` sees it: its apex first, then every name it may
+/// resolve at or below the apex that no deeper member zone holds, and the nameserver names
+/// inside it; the types to ask for each.
+fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Vec<(Name, Vec<RecordType>)> {
+    let deeper: Vec<Name> = (members(snapshot, source).into_iter())
+        .map(|(n, _)| n)
+        .filter(|n| n != apex && apex.zone_of(n))
+        .collect();
+    let mut types: HashMap<Name, BTreeSet<RecordType>> = HashMap::new();
+    for space in &snapshot.spaces {
+        for zone in &space.zones {
+            for (owner, rrsets) in &zone.nodes {
+                let set = types.entry(owner.clone()).or_default();
+                set.extend(rrsets.iter().map(|r| r.rtype));
+            }
+        }
+    }
+    let mut names = snapshot.visible_names(source);
+    for record in records(snapshot, source, apex, RecordType::NS) {
+        if let RData::NS(NS(ns)) = &record.data {
+            names.push(ns.to_lowercase());
+        }
+    }
+    names.retain(|n| apex.zone_of(n) && n != apex && !deeper.iter().any(|d| d.zone_of(n)));
+    names.sort();
+    names.dedup();
+    let ask = |name: &Name| -> Vec<RecordType> {
+        let mut set: BTreeSet<RecordType> = [RecordType::A, RecordType::AAAA].into();
+        if let Some(more) = types.get(name) {
+            set.extend(more.iter().filter(|t| **t != RecordType::SOA));
+        }
+        set.into_iter().collect()
+    };
+    let mut apex_types = ask(apex);
+    apex_types.retain(|t| *t != RecordType::NS);
+    apex_types.insert(0, RecordType::NS);
+    let mut out = vec![(apex.clone(), apex_types)];
+    out.extend(names.into_iter().map(|n| {
+        let t = ask(&n);
+        (n, t)
+    }));
+    out
+}
+
+/// The catalog zone of the audience `source` (RFC 9432, version 2): SOA, NS, version, and one
+/// PTR per member, its label a hash of the member's name so that it is the same on every
+/// replica. Its serial is the newest of its members'.
+fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<Record> {
+    let members = members(snapshot, source);
+    let mut out = Vec::new();
+    let Some(soa) = catalog_soa(snapshot, source, catalog) else {
+        return out;
+    };
+    out.push(soa);
+    if let Ok(invalid) = Name::from_ascii("invalid.") {
+        out.push(Record::from_rdata(
+            catalog.clone(),
+            0,
+            RData::NS(NS(invalid)),
+        ));
+    }
+    if let Ok(version) = Name::from_ascii("version").and_then(|v| v.append_domain(catalog)) {
+        let txt = RData::TXT(TXT::new(vec!["2".to_string()]));
+        out.push(Record::from_rdata(version, 0, txt));
+    }
+    for (member, _) in members {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &tsig::wire_name(&member));
+        let id: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(owner) =
+            Name::from_ascii(format!("{id}.zones")).and_then(|n| n.append_domain(catalog))
+        {
+            out.push(Record::from_rdata(owner, 0, RData::PTR(PTR(member))));
+        }
+    }
+    out
+}
+
+fn catalog_soa(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Option<Record> {
+    let serial = (members(snapshot, source).iter())
+        .map(|m| m.1)
+        .reduce(|a, b| if newer(b, a) { b } else { a })
+        .unwrap_or(1);
+    let invalid = Name::from_ascii("invalid.").ok()?;
+    let soa = SOA::new(invalid.clone(), invalid, serial, 3600, 600, 604_800, 0);
+    Some(Record::from_rdata(catalog.clone(), 0, RData::SOA(soa)))
+}
+
+/// `a` is after `b` in serial number arithmetic (RFC 1982).
+fn newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
+/// The serial an IXFR request says the secondary has: the SOA in its authority section.
+fn ixfr_serial(query: &[u8]) -> Option<u32> {
+    let m = Message::from_vec(&strip_tsig(query)).ok()?;
+    m.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    })
+}
+
+/// `unsigned` (a message cut before its TSIG record) with ARCOUNT one less.
+fn strip_tsig(unsigned: &[u8]) -> Vec<u8> {
+    let mut out = unsigned.to_vec();
+    if out.len() >= 12 {
+        let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_sub(1);
+        out[10..12].copy_from_slice(&arcount.to_be_bytes());
+    }
+    out
+}
+
+fn header_and_question(query: &[u8]) -> Option<(Header, Option<Query>)> {
+    let mut decoder = BinDecoder::new(query);
+    let header = Header::read(&mut decoder).ok()?;
+    let question = match header.counts.queries {
+        1 => Query::read(&mut decoder).ok(),
+        _ => None,
+    };
+    Some((header, question))
+}
+
+/// A reply to `header`'s query: `question` echoed, `answers`, AA set when it is NOERROR.
+fn message(
+    header: &Header,
+    question: Option<Query>,
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+) -> Vec<u8> {
+    let mut m = Message::response(header.metadata.id, OpCode::Query);
+    m.metadata.message_type = MessageType::Response;
+    m.metadata.authoritative = rcode == ResponseCode::NoError;
+    m.metadata.recursion_desired = header.metadata.recursion_desired;
+    m.metadata.response_code = rcode;
+    if let Some(q) = question {
+        m.add_query(q);
+    }
+    m.add_answers(answers);
+    m.to_vec().unwrap_or_default()
+}
+
+/// The answer to a request whose signature was not accepted: NOTAUTH with the TSIG error,
+/// unsigned for BADSIG and BADKEY, signed with our time for BADTIME (RFC 8945 §5.2).
+fn rejection(
+    header: &Header,
+    question: Option<Query>,
+    signed: &Signed,
+    key: &TsigKey,
+    rejected: Rejected,
+    now: u64,
+) -> Vec<u8> {
+    let mut reply = message(header, question, ResponseCode::NotAuth, Vec::new());
+    match rejected {
+        Rejected::Time => Signer::new(key, &signed.mac, now).sign(&mut reply, tsig::BADTIME),
+        _ => tsig::append_unsigned(&mut reply, signed, rejected.code()),
+    }
+    reply
+}
+
+/// A zone's records as they are produced.
+enum Zone {
+    /// Names and the types to ask for each.
+    Names(std::vec::IntoIter<(Name, Vec<RecordType>)>),
+    /// A catalog, built whole (one record per member zone).
+    Catalog(std::vec::IntoIter<Record>),
+}
+
+/// An AXFR (or IXFR answered as one) in progress, an iterator of signed messages, each built
+/// when it is taken: the SOA first and last (RFC 5936 §2.2). Blocking work: run it off the async
+/// workers.
+pub struct Transfer {
+    snapshot: Arc<Snapshot>,
+    source: IpAddr,
+    header: Header,
+    question: Query,
+    zone: Zone,
+    soa: Record,
+    started: bool,
+    /// Records of the current name not yet sent, last first.
+    pending: Vec<Record>,
+    done: bool,
+    signer: Signer,
+}
+
+impl Iterator for Transfer {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut message = self.next_message()?;
+        self.signer.sign(&mut message, 0);
+        Some(message)
+    }
+}
+
+impl Transfer {
+    fn next_record(&mut self) -> Option<Record> {
+        loop {
+            if let Some(r) = self.pending.pop() {
+                return Some(r);
+            }
+            match &mut self.zone {
+                Zone::Catalog(records) => return records.next(),
+                Zone::Names(names) => {
+                    let (name, types) = names.next()?;
+                    let mut found: Vec<Record> = (types.into_iter())
+                        .flat_map(|t| records(&self.snapshot, self.source, &name, t))
+                        .collect();
+                    found.reverse();
+                    self.pending = found;
+                }
+            }
+        }
+    }
+
+    fn next_message(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let mut answers = Vec::new();
+        if !self.started {
+            answers.push(self.soa.clone());
+            self.started = true;
+        }
+        let mut size = 0;
+        while size < MESSAGE_BUDGET {
+            let Some(r) = self.next_record() else {
+                answers.push(self.soa.clone());
+                self.done = true;
+                break;
+            };
+            size += 16 + r.name.len() + rdata_len(&r);
+            answers.push(r);
+        }
+        let question = Some(self.question.clone());
+        Some(message(
+            &self.header,
+            question,
+            ResponseCode::NoError,
+            answers,
+        ))
+    }
+}
+
+fn rdata_len(record: &Record) -> usize {
+    match &record.data {
+        RData::TXT(t) => t.txt_data.iter().map(|s| s.len() + 1).sum(),
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        _ => 64,
+    }
+}
