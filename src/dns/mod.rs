@@ -5,6 +5,7 @@ pub mod answer;
 pub mod cookie;
 mod fast;
 pub mod forward;
+mod notify;
 pub mod resolve;
 pub mod rrl;
 pub mod server;

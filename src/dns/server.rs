@@ -30,7 +30,7 @@ use crate::dns::answer::{Answer, Transport, answer};
 use crate::dns::cookie::{self, Cookies, Seen};
 use crate::dns::forward::Forwarder;
 use crate::dns::rrl::{self, RateLimits, Rrl, Verdict};
-use crate::dns::{udp, wire, xfr};
+use crate::dns::{notify, udp, wire, xfr};
 use crate::metrics::{self, DnsCounters, Metrics, Refusal};
 use crate::snapshot::Snapshot;
 
@@ -106,6 +106,10 @@ pub async fn run(
         shutdown,
     });
     let tasks = TaskTracker::new();
+    tasks.spawn(notify::run(
+        server.snapshot.clone(),
+        server.shutdown.clone(),
+    ));
     for socket in udp {
         let sockets = socket
             .into_std()

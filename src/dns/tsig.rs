@@ -43,6 +43,10 @@ pub struct Signed {
     pub mac: Vec<u8>,
     /// The message ID when it was signed.
     pub original_id: u16,
+    /// The TSIG error (in an answer).
+    pub error: u16,
+    /// The other data (our time, in a BADTIME answer).
+    pub other: Vec<u8>,
     /// Where the TSIG record starts: the signed message is everything before.
     pub start: usize,
 }
@@ -125,6 +129,9 @@ fn parse(message: &[u8], start: usize, after_name: usize) -> Option<Signed> {
     let mac = message.get(at..at + mac_len)?.to_vec();
     at += mac_len;
     let original_id = u16_at(at)?;
+    let error = u16_at(at + 2)?;
+    let other_len = usize::from(u16_at(at + 4)?);
+    let other = message.get(at + 6..at + 6 + other_len)?.to_vec();
     Some(Signed {
         key,
         algorithm,
@@ -132,6 +139,8 @@ fn parse(message: &[u8], start: usize, after_name: usize) -> Option<Signed> {
         fudge,
         mac,
         original_id,
+        error,
+        other,
         start,
     })
 }
@@ -260,6 +269,38 @@ pub fn verify(message: &[u8], signed: &Signed, key: &TsigKey, now: u64) -> Resul
     variables(&mut ctx, key, signed.time, signed.fudge, Some((0, &[])));
     let tag = ctx.sign();
     if !constant_time_eq(tag.as_ref(), &signed.mac) {
+        return Err(Rejected::Sig);
+    }
+    if now.abs_diff(signed.time) > u64::from(signed.fudge.min(MAX_FUDGE)) {
+        return Err(Rejected::Time);
+    }
+    Ok(())
+}
+
+/// Verifies the answer to a request we signed (`request_mac`): its MAC covers that MAC, the
+/// answer and its TSIG variables (§5.3.1 read from the other side).
+pub fn verify_response(
+    message: &[u8],
+    signed: &Signed,
+    key: &TsigKey,
+    request_mac: &[u8],
+    now: u64,
+) -> Result<(), Rejected> {
+    if algorithm_of(&signed.algorithm) != Some(key.algorithm) || message.len() < 12 {
+        return Err(Rejected::Key);
+    }
+    let mut ctx = hmac::Context::with_key(&hmac_key(key));
+    ctx.update(&(request_mac.len() as u16).to_be_bytes());
+    ctx.update(request_mac);
+    update_message(&mut ctx, message, signed.start, signed.original_id, 1);
+    variables(
+        &mut ctx,
+        key,
+        signed.time,
+        signed.fudge,
+        Some((signed.error, &signed.other)),
+    );
+    if !constant_time_eq(ctx.sign().as_ref(), &signed.mac) {
         return Err(Rejected::Sig);
     }
     if now.abs_diff(signed.time) > u64::from(signed.fudge.min(MAX_FUDGE)) {

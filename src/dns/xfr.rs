@@ -375,6 +375,20 @@ fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<R
     out
 }
 
+/// The zones a secondary follows, with their serials: its audience's members and its catalog.
+pub fn followed(snapshot: &Snapshot, who: &Who, secondary: &Secondary) -> Vec<(Name, u32)> {
+    let Some(source) = audience_source(snapshot, who, secondary.audience) else {
+        return Vec::new();
+    };
+    let mut zones = members(snapshot, source);
+    if let Some(catalog) = catalog_name(snapshot, who, secondary.audience)
+        && let Some(soa) = catalog_soa(snapshot, source, &catalog)
+    {
+        zones.push((catalog, soa_serial(&soa)));
+    }
+    zones
+}
+
 fn catalog_soa(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Option<Record> {
     let serial = (members(snapshot, source).iter())
         .map(|m| m.1)
