@@ -33,6 +33,8 @@ const TRIES: u32 = 5;
 /// One NOTIFY to send.
 #[derive(Debug, Clone)]
 struct Notice {
+    /// The source that plays the secondary's audience.
+    source: std::net::IpAddr,
     secondary: String,
     to: Vec<SocketAddr>,
     key: TsigKey,
@@ -41,7 +43,11 @@ struct Notice {
 }
 
 /// Sends NOTIFYs for the zones whose serial changed in each new snapshot, until `shutdown`.
-pub async fn run(snapshot: Arc<ArcSwap<Snapshot>>, shutdown: CancellationToken) {
+pub async fn run(
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    journal: Arc<xfr::Journal>,
+    shutdown: CancellationToken,
+) {
     let tasks = TaskTracker::new();
     let mut last: Option<Arc<Snapshot>> = None;
     // (space, secondary, zone) → the serial it was last told of.
@@ -55,8 +61,16 @@ pub async fn run(snapshot: Arc<ArcSwap<Snapshot>>, shutdown: CancellationToken) 
         if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &current)) {
             continue;
         }
-        last = Some(current.clone());
-        let Ok(followed) = tokio::task::spawn_blocking(move || plan(&current)).await else {
+        let old = last.replace(current.clone());
+        let journal = journal.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let followed = plan(&current);
+            if let Some(old) = old {
+                keep_changes(&old, &current, &followed, &journal);
+            }
+            followed
+        });
+        let Ok(followed) = planned.await else {
             continue;
         };
         let mut now_told = HashMap::new();
@@ -73,13 +87,29 @@ pub async fn run(snapshot: Arc<ArcSwap<Snapshot>>, shutdown: CancellationToken) 
     tasks.wait().await;
 }
 
+/// Writes to the journal how each followed zone changed from `old` to `new`, once per audience.
+fn keep_changes(
+    old: &Snapshot,
+    new: &Snapshot,
+    followed: &[(String, Notice)],
+    journal: &xfr::Journal,
+) {
+    let mut done = std::collections::HashSet::new();
+    for (_, notice) in followed {
+        if done.insert((notice.source, notice.zone.clone())) {
+            journal.record(old, new, notice.source, &notice.zone);
+        }
+    }
+}
+
 /// Every zone that every secondary follows, with its serial.
 fn plan(snapshot: &Snapshot) -> Vec<(String, Notice)> {
     let mut out = Vec::new();
-    for (who, secondary, _) in xfr::secondaries(snapshot) {
+    for (who, secondary, source) in xfr::secondaries(snapshot) {
         let space = &snapshot.spaces[who.space].name;
         for (zone, serial) in xfr::followed(snapshot, &who, secondary) {
             let notice = Notice {
+                source,
                 secondary: secondary.name.clone(),
                 to: secondary.notify.clone(),
                 key: secondary.key.clone(),

@@ -76,6 +76,8 @@ pub(super) struct Server {
     forwarder: Forwarder,
     rrl: Rrl,
     cookies: Cookies,
+    /// Recent changes of the zones secondaries follow, for IXFR.
+    pub(super) journal: Arc<xfr::Journal>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -103,11 +105,13 @@ pub async fn run(
         forwarder: Forwarder::new(limits.forward_in_flight, limits.forward_timeout),
         rrl: Rrl::new(limits.rate),
         cookies: Cookies::new(),
+        journal: Arc::new(xfr::Journal::default()),
         shutdown,
     });
     let tasks = TaskTracker::new();
     tasks.spawn(notify::run(
         server.snapshot.clone(),
+        server.journal.clone(),
         server.shutdown.clone(),
     ));
     for socket in udp {
@@ -300,7 +304,14 @@ async fn serve_tcp(
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let started = Instant::now();
         let snapshot = server.snapshot.load_full();
-        match xfr::handle(&snapshot, peer.ip(), Transport::Tcp, message, unix_now()) {
+        match xfr::handle(
+            &snapshot,
+            &server.journal,
+            peer.ip(),
+            Transport::Tcp,
+            message,
+            unix_now(),
+        ) {
             Some(xfr::Xfr::Reply(reply)) => {
                 write_framed(&mut stream, &reply, idle).await?;
                 continue;

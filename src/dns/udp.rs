@@ -111,8 +111,14 @@ pub(super) fn serve(socket: UdpSocket, server: Arc<Server>, tasks: TaskTracker) 
         let snapshot = server.snapshot.load();
         for (buffer, &(len, peer)) in buffers.iter().zip(&received) {
             let query = &buffer[..len];
-            if let Some(xfr) = xfr::handle(&snapshot, peer.ip(), Transport::Udp, query, unix_now())
-            {
+            if let Some(xfr) = xfr::handle(
+                &snapshot,
+                &server.journal,
+                peer.ip(),
+                Transport::Udp,
+                query,
+                unix_now(),
+            ) {
                 if let xfr::Xfr::Reply(reply) = xfr {
                     replies.push((reply, peer));
                 }

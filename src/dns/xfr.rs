@@ -52,6 +52,7 @@ pub struct Who {
 /// carries no TSIG with a key we know (the answer function then answers it as any other).
 pub fn handle(
     snapshot: &Arc<Snapshot>,
+    journal: &Journal,
     client: IpAddr,
     transport: Transport,
     query: &[u8],
@@ -125,13 +126,35 @@ pub fn handle(
                 let reply = message(&header, Some(question), ResponseCode::NoError, answers);
                 return Some(sign(reply, &mut signer));
             }
-            let (zone, soa) = match Some(&qname) == catalog.as_ref() {
-                true => {
+            let is_catalog = Some(&qname) == catalog.as_ref();
+            let changes = theirs.and_then(|from| journal.changes(source, &qname, from, serial));
+            let (zone, soa) = match (changes, is_catalog) {
+                // IXFR (RFC 1995 §4): the differences since the secondary's serial, each as
+                // its old SOA, what went, its new SOA, what came.
+                (Some(changes), _) => {
+                    let soa = changes.last().map(|d| d.to.clone());
+                    let body: Vec<Record> = (changes.into_iter())
+                        .flat_map(|d| {
+                            let Diff {
+                                from,
+                                to,
+                                removed,
+                                added,
+                            } = d;
+                            std::iter::once(from)
+                                .chain(removed)
+                                .chain(std::iter::once(to))
+                                .chain(added)
+                        })
+                        .collect();
+                    (Zone::Records(body.into_iter()), soa)
+                }
+                (None, true) => {
                     let mut records = catalog_records(snapshot, source, &qname).into_iter();
                     let soa = records.next();
-                    (Zone::Catalog(records), soa)
+                    (Zone::Records(records), soa)
                 }
-                false => (
+                (None, false) => (
                     Zone::Names(zone_names(snapshot, source, &qname).into_iter()),
                     records(snapshot, source, &qname, RecordType::SOA).pop(),
                 ),
@@ -375,7 +398,7 @@ fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<R
     out
 }
 
-/// The zones a secondary follows, with their serials: its audience's members and its catalog.
+/// The zones a secondary follows, with their serials: its audience's members, then its catalog.
 pub fn followed(snapshot: &Snapshot, who: &Who, secondary: &Secondary) -> Vec<(Name, u32)> {
     let Some(source) = audience_source(snapshot, who, secondary.audience) else {
         return Vec::new();
@@ -387,6 +410,132 @@ pub fn followed(snapshot: &Snapshot, who: &Who, secondary: &Secondary) -> Vec<(N
         zones.push((catalog, soa_serial(&soa)));
     }
     zones
+}
+
+/// A zone's SOA and other records as `source` sees it; `catalog` for a catalog zone.
+fn contents(
+    snapshot: &Snapshot,
+    source: IpAddr,
+    apex: &Name,
+    catalog: bool,
+) -> Option<(Record, Vec<Record>)> {
+    if catalog {
+        let mut records = catalog_records(snapshot, source, apex);
+        let soa = (!records.is_empty()).then(|| records.remove(0))?;
+        return Some((soa, records));
+    }
+    let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
+    let body = (zone_names(snapshot, source, apex).into_iter())
+        .flat_map(|(name, types)| {
+            (types.into_iter()).flat_map(move |t| records(snapshot, source, &name, t))
+        })
+        .collect();
+    Some((soa, body))
+}
+
+/// How many changes of one zone the journal keeps.
+const JOURNAL_DEPTH: usize = 16;
+/// Zones with more records than this are not compared: a secondary behind gets AXFR.
+const DIFF_LIMIT: usize = 200_000;
+
+/// One change of a zone: its SOA before and after, and the records that went and came.
+#[derive(Debug, Clone)]
+pub struct Diff {
+    from: Record,
+    to: Record,
+    removed: Vec<Record>,
+    added: Vec<Record>,
+}
+
+/// The recent changes of the zones secondaries follow, per audience (by the source that plays
+/// it) and zone, oldest first: what IXFR answers from. Written after each reload, off the
+/// query path.
+#[derive(Debug, Default)]
+pub struct Journal {
+    zones: std::sync::Mutex<HashMap<(IpAddr, Name), std::collections::VecDeque<Diff>>>,
+}
+
+impl Journal {
+    /// Records how the zone at `apex` changed for `source` between `old` and `new`; a change too
+    /// large to be worth sending as one (more than the zone) breaks the chain instead.
+    pub fn record(&self, old: &Snapshot, new: &Snapshot, source: IpAddr, apex: &Name) {
+        let catalog = apex.to_ascii().ends_with(".catalog.spaceroute.invalid.");
+        let serial = |snapshot: &Snapshot| match catalog {
+            true => catalog_soa(snapshot, source, apex).map(|soa| soa_serial(&soa)),
+            false => {
+                (records(snapshot, source, apex, RecordType::SOA).pop()).map(|s| soa_serial(&s))
+            }
+        };
+        // The serials first: most reloads leave most zones alone, and comparing a zone's
+        // contents means building it twice.
+        if serial(old) == serial(new) {
+            return;
+        }
+        let Some((from, before)) = contents(old, source, apex, catalog) else {
+            return;
+        };
+        if before.len() > DIFF_LIMIT {
+            return self.forget(source, apex);
+        }
+        let Some((to, after)) = contents(new, source, apex, catalog) else {
+            return self.forget(source, apex);
+        };
+        if soa_serial(&from) == soa_serial(&to) {
+            return;
+        }
+        let key = |r: &Record| r.to_string();
+        let old_set: HashMap<String, Record> = before.into_iter().map(|r| (key(&r), r)).collect();
+        let new_set: HashMap<String, Record> = after.into_iter().map(|r| (key(&r), r)).collect();
+        let mut removed: Vec<(String, Record)> = (old_set.iter())
+            .filter(|(k, _)| !new_set.contains_key(*k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        let mut added: Vec<(String, Record)> = (new_set.iter())
+            .filter(|(k, _)| !old_set.contains_key(*k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        if removed.len() + added.len() > new_set.len() {
+            return self.forget(source, apex);
+        }
+        removed.sort_by(|a, b| a.0.cmp(&b.0));
+        added.sort_by(|a, b| a.0.cmp(&b.0));
+        let diff = Diff {
+            from,
+            to,
+            removed: removed.into_iter().map(|(_, r)| r).collect(),
+            added: added.into_iter().map(|(_, r)| r).collect(),
+        };
+        let Ok(mut zones) = self.zones.lock() else {
+            return;
+        };
+        let chain = zones.entry((source, apex.clone())).or_default();
+        // A chain that does not end where this change starts is of no use any more.
+        if chain
+            .back()
+            .is_some_and(|d| soa_serial(&d.to) != soa_serial(&diff.from))
+        {
+            chain.clear();
+        }
+        chain.push_back(diff);
+        if chain.len() > JOURNAL_DEPTH {
+            chain.pop_front();
+        }
+    }
+
+    fn forget(&self, source: IpAddr, apex: &Name) {
+        if let Ok(mut zones) = self.zones.lock() {
+            zones.remove(&(source, apex.clone()));
+        }
+    }
+
+    /// The changes that take the zone from serial `from` to `to`, if the journal has them all.
+    fn changes(&self, source: IpAddr, apex: &Name, from: u32, to: u32) -> Option<Vec<Diff>> {
+        let zones = self.zones.lock().ok()?;
+        let chain = zones.get(&(source, apex.clone()))?;
+        let start = chain.iter().position(|d| soa_serial(&d.from) == from)?;
+        let picked: Vec<Diff> = chain.iter().skip(start).cloned().collect();
+        (picked.last().map(|d| soa_serial(&d.to)) == Some(to)).then_some(picked)
+    }
 }
 
 fn catalog_soa(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Option<Record> {
@@ -474,8 +623,8 @@ fn rejection(
 enum Zone {
     /// Names and the types to ask for each.
     Names(std::vec::IntoIter<(Name, Vec<RecordType>)>),
-    /// A catalog, built whole (one record per member zone).
-    Catalog(std::vec::IntoIter<Record>),
+    /// Records built whole: a catalog (one record per member zone), or an IXFR's differences.
+    Records(std::vec::IntoIter<Record>),
 }
 
 /// An AXFR (or IXFR answered as one) in progress, an iterator of signed messages, each built
@@ -512,7 +661,7 @@ impl Transfer {
                 return Some(r);
             }
             match &mut self.zone {
-                Zone::Catalog(records) => return records.next(),
+                Zone::Records(records) => return records.next(),
                 Zone::Names(names) => {
                     let (name, types) = names.next()?;
                     let mut found: Vec<Record> = (types.into_iter())
