@@ -914,6 +914,66 @@ mod tests {
         );
     }
 
+    /// Issue 11: a secondary's key file, secret, algorithm and audience are checked, and a key
+    /// signs for one audience only, across files too.
+    #[test]
+    fn issue_11_secondaries_are_checked_and_a_key_names_one_audience() {
+        let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=";
+        let space = |name: &str, net: &str, secondaries: &str| {
+            format!(
+                "space: {name}\nnetwork: {net}\npeers:\n  - {{name: vpn, cidrs: [10.200.0.0/16]}}\nrouter: {{private: [10.16.0.10]}}\nsecondaries:\n{secondaries}"
+            )
+        };
+        let secondary = |key: &str, file: &str, audience: &str| {
+            format!(
+                "  - name: s2\n    addresses: [\"127.16.9.1:5300\"]\n    key: {{name: {key}, file: {file}}}\n    audience: {audience}\n"
+            )
+        };
+        let good = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "space"));
+        let knot = format!("key:\n  - id: xfr-a\n    algorithm: hmac-sha256\n    secret: {secret}\n");
+        let config =
+            crate::config::parse_texts(&[("d/a.yaml", &good)], &[("d/a.key", &knot)]).unwrap();
+        let s = &config.spaces[0].secondaries[0];
+        assert_eq!(s.key.name.to_ascii(), "xfr-a.");
+        assert_eq!(s.key.secret, b"secret-secret-secret-secret-1234");
+        assert_eq!(s.notify[0].to_string(), "127.16.9.1:5300");
+        assert!(!format!("{s:?}").contains("secret-secret"), "the secret is never printed");
+        // BIND's tsig-keygen output reads the same.
+        let bind = format!("key \"xfr-a\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n");
+        let config =
+            crate::config::parse_texts(&[("d/a.yaml", &good)], &[("d/a.key", &bind)]).unwrap();
+        assert_eq!(config.spaces[0].secondaries[0].key.secret.len(), 32);
+
+        let errs = errors(&[("d/a.yaml", &good)], &[]);
+        assert_one(&errs, "d/a.yaml:9:", "cannot read key file d/a.key");
+        let errs = errors(&[("d/a.yaml", &good)], &[("d/a.key", "not base64!")]);
+        assert_one(&errs, "d/a.yaml:9:", "the secret is not base64");
+        let errs = errors(&[("d/a.yaml", &good)], &[("d/a.key", "c2hvcnQ=")]);
+        assert_one(&errs, "d/a.yaml:9:", "too short");
+        let odd = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "peer:office"));
+        let errs = errors(&[("d/a.yaml", &odd)], &[("d/a.key", secret)]);
+        assert_one(&errs, "d/a.yaml:10:", "the space has no peer \"office\"");
+        let odd = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "everyone"));
+        let errs = errors(&[("d/a.yaml", &odd)], &[("d/a.key", secret)]);
+        assert_one(&errs, "d/a.yaml:10:", "expected space, public or peer:<name>");
+
+        // One key, two audiences: within a file, and across files.
+        let two = format!(
+            "{}{}",
+            secondary("xfr-a", "a.key", "space"),
+            secondary("xfr-a", "a.key", "peer:vpn")
+        );
+        let two = space("a", "10.16.0.0/16", &two);
+        let errs = errors(&[("d/a.yaml", &two)], &[("d/a.key", secret)]);
+        assert_one(&errs, "d/a.yaml:", "key xfr-a. already signs for another audience");
+        let other = space("b", "10.17.0.0/16", &secondary("xfr-a", "a.key", "space"));
+        let errs = errors(
+            &[("d/a.yaml", &good), ("d/b.yaml", &other)],
+            &[("d/a.key", secret)],
+        );
+        assert_one(&errs, "d/b.yaml:", "key xfr-a. already signs for another audience (a,");
+    }
+
     #[test]
     fn accepts_a_full_space() {
         let yaml = "space: s\nnetwork: 10.16.0.0/16\npeers:\n  - {name: vpn, cidrs: [192.168.10.0/24, \"fd00:10::/64\"]}\nrouter: {private: [10.16.0.10], public: [203.0.113.10]}\nzones:\n  - file: corp.example.com.zone\napps:\n  - name: app-one\n    allow: [vpn]\n    domains: [api.corp.example.com, \"*.tools.corp.example.com\"]\n    dynos:\n      - {name: web.1, ip: 10.16.1.21, port: 5000}\n      - {name: worker.1, ip: 10.16.1.23}\n  - name: std-app\n    internal_routing: false\n";
