@@ -57,6 +57,9 @@ pub struct Secondary {
     /// Its addresses, `ip` or `ip:port`: its transfer requests must come from one of them, and
     /// NOTIFY goes to each (port 53 unless given).
     pub addresses: Vec<String>,
+    /// Where NOTIFY goes instead, `ip` or `ip:port`, when the secondary listens elsewhere than
+    /// it sends from (a multi-homed host, NAT).
+    pub notify: Option<Vec<String>>,
     /// The TSIG key that signs its requests and our answers.
     pub key: Key,
     /// What it replicates: `space` (what the space's own network sees), `peer:<name>` (what

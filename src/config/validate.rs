@@ -634,22 +634,30 @@ impl Validator {
         if s.addresses.is_empty() {
             self.report(here, &at("name"), "a secondary needs an address".into());
         }
-        let mut notify = Vec::new();
-        for (a, text) in s.addresses.iter().enumerate() {
-            let parsed = (text.parse::<SocketAddr>().ok()).or_else(|| {
-                text.parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| SocketAddr::new(ip, 53))
-            });
-            match parsed {
-                Some(addr) => notify.push(addr),
-                None => self.report(
-                    here,
-                    &at(&format!("addresses[{a}]")),
-                    format!("invalid address {text:?}: expected ip or ip:port"),
-                ),
+        let mut addresses = |key: &str, texts: &[String]| -> Vec<SocketAddr> {
+            let mut out = Vec::new();
+            for (a, text) in texts.iter().enumerate() {
+                let parsed = (text.parse::<SocketAddr>().ok()).or_else(|| {
+                    text.parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                });
+                match parsed {
+                    Some(addr) => out.push(addr),
+                    None => self.report(
+                        here,
+                        &at(&format!("{key}[{a}]")),
+                        format!("invalid address {text:?}: expected ip or ip:port"),
+                    ),
+                }
             }
-        }
+            out
+        };
+        let sources = addresses("addresses", &s.addresses);
+        let notify = match &s.notify {
+            Some(texts) => addresses("notify", texts),
+            None => sources.clone(),
+        };
         // A key name is any domain name, one label included (`xfr-a`, as keymgr makes them).
         let key_name = s.key.name.trim_end_matches('.');
         let name = (Name::from_ascii(format!("{key_name}.")).ok())
@@ -699,7 +707,7 @@ impl Validator {
         }
         Some(Secondary {
             name: s.name.clone(),
-            sources: notify.iter().map(|a| a.ip()).collect(),
+            sources: sources.iter().map(|a| a.ip()).collect(),
             notify,
             key: TsigKey {
                 name: name?,
@@ -930,16 +938,21 @@ mod tests {
             )
         };
         let good = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "space"));
-        let knot = format!("key:\n  - id: xfr-a\n    algorithm: hmac-sha256\n    secret: {secret}\n");
+        let knot =
+            format!("key:\n  - id: xfr-a\n    algorithm: hmac-sha256\n    secret: {secret}\n");
         let config =
             crate::config::parse_texts(&[("d/a.yaml", &good)], &[("d/a.key", &knot)]).unwrap();
         let s = &config.spaces[0].secondaries[0];
         assert_eq!(s.key.name.to_ascii(), "xfr-a.");
         assert_eq!(s.key.secret, b"secret-secret-secret-secret-1234");
         assert_eq!(s.notify[0].to_string(), "127.16.9.1:5300");
-        assert!(!format!("{s:?}").contains("secret-secret"), "the secret is never printed");
+        assert!(
+            !format!("{s:?}").contains("secret-secret"),
+            "the secret is never printed"
+        );
         // BIND's tsig-keygen output reads the same.
-        let bind = format!("key \"xfr-a\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n");
+        let bind =
+            format!("key \"xfr-a\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n");
         let config =
             crate::config::parse_texts(&[("d/a.yaml", &good)], &[("d/a.key", &bind)]).unwrap();
         assert_eq!(config.spaces[0].secondaries[0].key.secret.len(), 32);
@@ -950,12 +963,24 @@ mod tests {
         assert_one(&errs, "d/a.yaml:9:", "the secret is not base64");
         let errs = errors(&[("d/a.yaml", &good)], &[("d/a.key", "c2hvcnQ=")]);
         assert_one(&errs, "d/a.yaml:9:", "too short");
-        let odd = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "peer:office"));
+        let odd = space(
+            "a",
+            "10.16.0.0/16",
+            &secondary("xfr-a", "a.key", "peer:office"),
+        );
         let errs = errors(&[("d/a.yaml", &odd)], &[("d/a.key", secret)]);
         assert_one(&errs, "d/a.yaml:10:", "the space has no peer \"office\"");
-        let odd = space("a", "10.16.0.0/16", &secondary("xfr-a", "a.key", "everyone"));
+        let odd = space(
+            "a",
+            "10.16.0.0/16",
+            &secondary("xfr-a", "a.key", "everyone"),
+        );
         let errs = errors(&[("d/a.yaml", &odd)], &[("d/a.key", secret)]);
-        assert_one(&errs, "d/a.yaml:10:", "expected space, public or peer:<name>");
+        assert_one(
+            &errs,
+            "d/a.yaml:10:",
+            "expected space, public or peer:<name>",
+        );
 
         // One key, two audiences: within a file, and across files.
         let two = format!(
@@ -965,13 +990,21 @@ mod tests {
         );
         let two = space("a", "10.16.0.0/16", &two);
         let errs = errors(&[("d/a.yaml", &two)], &[("d/a.key", secret)]);
-        assert_one(&errs, "d/a.yaml:", "key xfr-a. already signs for another audience");
+        assert_one(
+            &errs,
+            "d/a.yaml:",
+            "key xfr-a. already signs for another audience",
+        );
         let other = space("b", "10.17.0.0/16", &secondary("xfr-a", "a.key", "space"));
         let errs = errors(
             &[("d/a.yaml", &good), ("d/b.yaml", &other)],
             &[("d/a.key", secret)],
         );
-        assert_one(&errs, "d/b.yaml:", "key xfr-a. already signs for another audience (a,");
+        assert_one(
+            &errs,
+            "d/b.yaml:",
+            "key xfr-a. already signs for another audience (a,",
+        );
     }
 
     #[test]

@@ -263,7 +263,8 @@ pub fn catalog_name(snapshot: &Snapshot, who: &Who, audience: XfrAudience) -> Op
 }
 
 /// The zones `source` may transfer, with their serials, sorted by name: every apex whose SOA
-/// it gets, except service discovery and an app domain whose unlisted names we relay or refuse.
+/// and NS it gets, except service discovery and an app domain whose unlisted names we relay or
+/// refuse.
 pub fn members(snapshot: &Snapshot, source: IpAddr) -> Vec<(Name, u32)> {
     let trusts = snapshot.access.classify(source);
     let localspace = Name::from_ascii(LOCALSPACE).ok();
@@ -278,6 +279,11 @@ pub fn members(snapshot: &Snapshot, source: IpAddr) -> Vec<(Name, u32)> {
         .filter(|apex| Some(*apex) != localspace.as_ref() && !not_wholly_ours.contains(apex))
         .filter_map(|apex| {
             let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
+            // A zone without NS (a public identity that names no nameservers) cannot live
+            // on a secondary: RFC 1034 wants NS at every apex, and BIND rejects it.
+            if records(snapshot, source, apex, RecordType::NS).is_empty() {
+                return None;
+            }
             Some((apex.clone(), soa_serial(&soa)))
         })
         .collect();
