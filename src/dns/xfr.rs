@@ -26,10 +26,16 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::answer::{Transport, answer};
 use super::tsig::{self, Rejected, Signed, Signer};
-use crate::snapshot::{LOCALSPACE, Policy, Secondary, Snapshot, TsigKey, XfrAudience};
+use crate::snapshot::{
+    LOCALSPACE, Policy, Secondary, Snapshot, TsigKey, XfrAudience, address_record,
+};
 
 /// The most bytes of records in one transfer message, before its TSIG record.
 const MESSAGE_BUDGET: usize = 16_000;
+/// The most records in one transfer message: hickory compresses the first 120 names of a
+/// message and writes the rest whole (a bound against quadratic work), so larger messages
+/// would carry a third more bytes.
+const MESSAGE_RECORDS: usize = 110;
 
 /// What to send for a request that [`handle`] took.
 pub enum Xfr {
@@ -155,7 +161,7 @@ pub fn handle(
                     (Zone::Records(records), soa)
                 }
                 (None, false) => (
-                    Zone::Names(zone_names(snapshot, source, &qname).into_iter()),
+                    Zone::Names(Box::new(zone_names(snapshot, source, &qname))),
                     records(snapshot, source, &qname, RecordType::SOA).pop(),
                 ),
             };
@@ -324,10 +330,10 @@ fn records(snapshot: &Snapshot, source: IpAddr, qname: &Name, rtype: RecordType)
     Vec::new()
 }
 
-/// The names of the zone at `apex` as `source` sees it: its apex first, then every name it may
-/// resolve at or below the apex that no deeper member zone holds, and the nameserver names
-/// inside it; the types to ask for each.
-fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Vec<(Name, Vec<RecordType>)> {
+/// The names of the zone at `apex` as `source` sees it, with the types to ask for each: its
+/// apex first, then every name it may resolve at or below the apex that no deeper member zone
+/// holds, and the nameserver names inside it. App host names come last, one at a time.
+fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Names {
     let deeper: Vec<Name> = (members(snapshot, source).into_iter())
         .map(|(n, _)| n)
         .filter(|n| n != apex && apex.zone_of(n))
@@ -341,13 +347,14 @@ fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Vec<(Name, Ve
             }
         }
     }
-    let mut names = snapshot.visible_names(source);
+    let mut names = snapshot.visible_names_but_hosts(source, false);
     for record in records(snapshot, source, apex, RecordType::NS) {
         if let RData::NS(NS(ns)) = &record.data {
             names.push(ns.to_lowercase());
         }
     }
-    names.retain(|n| apex.zone_of(n) && n != apex && !deeper.iter().any(|d| d.zone_of(n)));
+    let inside = move |n: &Name| apex.zone_of(n) && !deeper.iter().any(|d| d.zone_of(n));
+    names.retain(|n| n != apex && inside(n));
     names.sort();
     names.dedup();
     let ask = |name: &Name| -> Vec<RecordType> {
@@ -360,12 +367,88 @@ fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Vec<(Name, Ve
     let mut apex_types = ask(apex);
     apex_types.retain(|t| *t != RecordType::NS);
     apex_types.insert(0, RecordType::NS);
-    let mut out = vec![(apex.clone(), apex_types)];
-    out.extend(names.into_iter().map(|n| {
+    let mut others = vec![(apex.clone(), apex_types)];
+    others.extend(names.into_iter().map(|n| {
         let t = ask(&n);
         (n, t)
     }));
-    out
+    // App host names: only under an app domain, which no zone file or custom domain holds
+    // (validation keeps them apart), so they need no filtering beyond the apex.
+    let hosts = (snapshot.spaces.iter())
+        .any(|s| &s.domain == apex)
+        .then(|| Hosts {
+            trusts: snapshot.access.classify(source),
+            space: 0,
+            app: 0,
+        });
+    Names {
+        others: others.into_iter(),
+        hosts,
+        apex: apex.clone(),
+    }
+}
+
+/// The names of a zone as a transfer walks them: the few others first, then app host names
+/// one by one.
+struct Names {
+    others: std::vec::IntoIter<(Name, Vec<RecordType>)>,
+    hosts: Option<Hosts>,
+    apex: Name,
+}
+
+/// Where the walk over app host names is.
+struct Hosts {
+    trusts: crate::access::Trusts,
+    space: usize,
+    app: usize,
+}
+
+/// The next name of a walk: one to ask the answer function about, or an app host's records.
+enum Step {
+    Ask(Name, Vec<RecordType>),
+    Records(Vec<Record>),
+}
+
+impl Names {
+    /// The next name. An app host's A and AAAA are its addresses as [`Snapshot::addresses`]
+    /// gives them to this audience, with its space's TTL: what `answer` says for it (a test
+    /// holds the two together), at a tenth of the cost, which a million-app zone needs.
+    fn next(&mut self, snapshot: &Snapshot) -> Option<Step> {
+        if let Some((name, types)) = self.others.next() {
+            return Some(Step::Ask(name, types));
+        }
+        let hosts = self.hosts.as_mut()?;
+        while let Some(space) = snapshot.spaces.get(hosts.space) {
+            let Some(app) = space.apps.get(hosts.app) else {
+                hosts.space += 1;
+                hosts.app = 0;
+                continue;
+            };
+            let app_ref = crate::snapshot::AppRef {
+                space: hosts.space,
+                app: hosts.app,
+            };
+            hosts.app += 1;
+            if space.domain != self.apex {
+                continue;
+            }
+            let Some(addresses) = snapshot.addresses(app_ref, &hosts.trusts) else {
+                continue;
+            };
+            let Ok(host) =
+                Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
+            else {
+                continue;
+            };
+            let mut records: Vec<Record> = (addresses.iter())
+                .map(|ip| address_record(host.clone(), space.ttl, *ip))
+                .collect();
+            // As `answer` gives them: A first, then AAAA.
+            records.sort_by_key(|r| r.record_type() == RecordType::AAAA);
+            return Some(Step::Records(records));
+        }
+        None
+    }
 }
 
 /// The catalog zone of the audience `source` (RFC 9432, version 2): SOA, NS, version, and one
@@ -431,11 +514,21 @@ fn contents(
         return Some((soa, records));
     }
     let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
-    let body = (zone_names(snapshot, source, apex).into_iter())
-        .flat_map(|(name, types)| {
-            (types.into_iter()).flat_map(move |t| records(snapshot, source, &name, t))
-        })
-        .collect();
+    let mut names = zone_names(snapshot, source, apex);
+    let mut body = Vec::new();
+    while let Some(step) = names.next(snapshot) {
+        if body.len() > DIFF_LIMIT {
+            return None;
+        }
+        match step {
+            Step::Records(records) => body.extend(records),
+            Step::Ask(name, types) => {
+                for t in types {
+                    body.extend(records(snapshot, source, &name, t));
+                }
+            }
+        }
+    }
     Some((soa, body))
 }
 
@@ -477,12 +570,10 @@ impl Journal {
         if serial(old) == serial(new) {
             return;
         }
+        // `None`: gone, or too large to compare (more than `DIFF_LIMIT` records).
         let Some((from, before)) = contents(old, source, apex, catalog) else {
-            return;
-        };
-        if before.len() > DIFF_LIMIT {
             return self.forget(source, apex);
-        }
+        };
         let Some((to, after)) = contents(new, source, apex, catalog) else {
             return self.forget(source, apex);
         };
@@ -628,7 +719,7 @@ fn rejection(
 /// A zone's records as they are produced.
 enum Zone {
     /// Names and the types to ask for each.
-    Names(std::vec::IntoIter<(Name, Vec<RecordType>)>),
+    Names(Box<Names>),
     /// Records built whole: a catalog (one record per member zone), or an IXFR's differences.
     Records(std::vec::IntoIter<Record>),
 }
@@ -669,10 +760,12 @@ impl Transfer {
             match &mut self.zone {
                 Zone::Records(records) => return records.next(),
                 Zone::Names(names) => {
-                    let (name, types) = names.next()?;
-                    let mut found: Vec<Record> = (types.into_iter())
-                        .flat_map(|t| records(&self.snapshot, self.source, &name, t))
-                        .collect();
+                    let mut found: Vec<Record> = match names.next(&self.snapshot)? {
+                        Step::Records(records) => records,
+                        Step::Ask(name, types) => (types.into_iter())
+                            .flat_map(|t| records(&self.snapshot, self.source, &name, t))
+                            .collect(),
+                    };
                     found.reverse();
                     self.pending = found;
                 }
@@ -690,7 +783,7 @@ impl Transfer {
             self.started = true;
         }
         let mut size = 0;
-        while size < MESSAGE_BUDGET {
+        while size < MESSAGE_BUDGET && answers.len() < MESSAGE_RECORDS {
             let Some(r) = self.next_record() else {
                 answers.push(self.soa.clone());
                 self.done = true;
@@ -715,5 +808,94 @@ fn rdata_len(record: &Record) -> usize {
         RData::A(_) => 4,
         RData::AAAA(_) => 16,
         _ => 64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn snapshot(dir: &Path) -> Snapshot {
+        let config = crate::config::load_dir(dir).unwrap();
+        crate::snapshot::compile(&config, |_| 7)
+    }
+
+    fn fixture() -> Snapshot {
+        snapshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/two-spaces"))
+    }
+
+    const SOURCES: [&str; 5] = [
+        "127.16.0.5",
+        "127.31.0.5",
+        "127.32.0.5",
+        "127.17.0.5",
+        "127.200.0.1",
+    ];
+
+    /// The records a transfer takes straight from the snapshot for app hosts are exactly what
+    /// the answer function gives each audience for those names, A and AAAA (the fixture has
+    /// an IPv6 private router address).
+    #[test]
+    fn app_host_records_are_what_answer_gives() {
+        let s = fixture();
+        let mut hosts = 0;
+        for source in SOURCES {
+            let source: IpAddr = source.parse().unwrap();
+            for (apex, _) in members(&s, source) {
+                let mut names = zone_names(&s, source, &apex);
+                while let Some(step) = names.next(&s) {
+                    let Step::Records(got) = step else { continue };
+                    let name = got[0].name.clone();
+                    let want: Vec<Record> = [RecordType::A, RecordType::AAAA]
+                        .into_iter()
+                        .flat_map(|t| records(&s, source, &name, t))
+                        .collect();
+                    assert_eq!(got, want, "{name} for {source}");
+                    hosts += 1;
+                }
+            }
+        }
+        assert!(hosts >= 8, "{hosts} hosts walked");
+    }
+
+    /// Each audience's zones: those whose SOA and NS it gets, never service discovery, and an
+    /// app domain only when unlisted names under it are NXDOMAIN (a secondary cannot relay).
+    #[test]
+    fn members_are_the_zones_an_audience_gets_whole() {
+        let s = fixture();
+        let names = |source: &str| -> Vec<String> {
+            (members(&s, source.parse().unwrap()).into_iter())
+                .map(|(n, serial)| {
+                    assert_ne!(serial, 0);
+                    n.to_ascii()
+                })
+                .collect()
+        };
+        let space = names("127.16.0.5");
+        assert!(space.contains(&"herokuapp.com.".to_string()), "{space:?}");
+        assert!(
+            space.contains(&"corp.example.com.".to_string()),
+            "{space:?}"
+        );
+        assert!(!space.iter().any(|n| n.contains("localspace")), "{space:?}");
+        // The public gets no app domain (it is REFUSED there) and no private zone.
+        let public = names("127.200.0.1");
+        assert!(
+            !public.contains(&"herokuapp.com.".to_string()),
+            "{public:?}"
+        );
+
+        // With `unlisted: forward`, alpha's app domain is not whole: not a member for alpha.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.yaml"),
+            "space: s\nnetwork: 127.16.0.0/16\nrouter: {private: [127.16.0.10]}\n\
+             nameservers: [{name: ns1.example.net}]\n\
+             unlisted: {policy: forward, upstreams: [127.0.0.53]}\napps:\n  - name: an-app\n",
+        )
+        .unwrap();
+        let forwarding = snapshot(dir.path());
+        assert_eq!(members(&forwarding, "127.16.0.5".parse().unwrap()), []);
     }
 }

@@ -28,16 +28,23 @@ impl Snapshot {
     /// Every name `source` may resolve to an app (app names and custom domains, exact and
     /// wildcard) and every owner name of the zone files it sees, without duplicates.
     pub fn visible_names(&self, source: IpAddr) -> Vec<Name> {
+        self.visible_names_but_hosts(source, true)
+    }
+
+    /// [`Snapshot::visible_names`] without the app host names (`<app>.<app domain>`) unless
+    /// `hosts`: a zone transfer walks those one by one instead of holding a million of them.
+    pub fn visible_names_but_hosts(&self, source: IpAddr, hosts: bool) -> Vec<Name> {
         let trusts = self.access.classify(source);
         let mut names = Vec::new();
         for (s, space) in self.spaces.iter().enumerate() {
             for (a, app) in space.apps.iter().enumerate() {
                 let app_ref = AppRef { space: s, app: a };
-                if self.addresses(app_ref, &trusts).is_none() {
+                if app.domains.is_empty() && !hosts || self.addresses(app_ref, &trusts).is_none() {
                     continue;
                 }
-                if let Ok(host) =
-                    Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
+                if hosts
+                    && let Ok(host) =
+                        Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
                 {
                     names.push(host);
                 }
