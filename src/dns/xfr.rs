@@ -10,7 +10,8 @@
 //! a secondary cannot relay unlisted names as we do. Service discovery (`app.localspace.`) is
 //! never transferred: its names are not listed anywhere a secondary could find them.
 //!
-//! Pure, like `answer`: the caller passes the time and does the I/O. A transfer is a
+//! Pure, like `answer`: the caller passes the time and does the I/O (the one piece of state is a
+//! memo of each audience's zones per snapshot, [`members`]). A transfer is a
 //! [`Transfer`], an iterator of messages built as they are taken, so a million-app zone is never
 //! in memory whole. IXFR is answered with the whole zone (RFC 1995 §4 allows it) unless the
 //! secondary is up to date, when one SOA says so.
@@ -102,7 +103,12 @@ pub fn handle(
     let qname = question.name().to_lowercase();
     let rtype = question.query_type();
     let unsigned = &query[..signed.start];
-    let member = |apex: &Name| members(snapshot, source).into_iter().find(|m| &m.0 == apex);
+    let member = |apex: &Name| {
+        members(snapshot, source)
+            .iter()
+            .find(|m| &m.0 == apex)
+            .cloned()
+    };
 
     match rtype {
         RecordType::AXFR | RecordType::IXFR => {
@@ -271,7 +277,27 @@ pub fn catalog_name(snapshot: &Snapshot, who: &Who, audience: XfrAudience) -> Op
 /// The zones `source` may transfer, with their serials, sorted by name: every apex whose SOA
 /// and NS it gets, except service discovery and an app domain whose unlisted names we relay or
 /// refuse.
-pub fn members(snapshot: &Snapshot, source: IpAddr) -> Vec<(Name, u32)> {
+pub fn members(snapshot: &Snapshot, source: IpAddr) -> Arc<Vec<(Name, u32)>> {
+    // Asked on every transfer and catalog SOA, and it asks the answer function once or twice
+    // per apex: kept for the snapshot it was computed from (a memo of a pure function).
+    type Memo = Vec<(u64, IpAddr, Arc<Vec<(Name, u32)>>)>;
+    static MEMO: std::sync::Mutex<Memo> = std::sync::Mutex::new(Vec::new());
+    if let Ok(memo) = MEMO.lock()
+        && let Some((_, _, found)) = memo
+            .iter()
+            .find(|(id, s, _)| *id == snapshot.id && *s == source)
+    {
+        return found.clone();
+    }
+    let found = Arc::new(members_of(snapshot, source));
+    if let Ok(mut memo) = MEMO.lock() {
+        memo.retain(|(id, _, _)| *id == snapshot.id);
+        memo.push((snapshot.id, source, found.clone()));
+    }
+    found
+}
+
+fn members_of(snapshot: &Snapshot, source: IpAddr) -> Vec<(Name, u32)> {
     let trusts = snapshot.access.classify(source);
     let localspace = Name::from_ascii(LOCALSPACE).ok();
     let not_wholly_ours: Vec<&Name> = (snapshot.spaces.iter().enumerate())
@@ -334,8 +360,8 @@ fn records(snapshot: &Snapshot, source: IpAddr, qname: &Name, rtype: RecordType)
 /// apex first, then every name it may resolve at or below the apex that no deeper member zone
 /// holds, and the nameserver names inside it. App host names come last, one at a time.
 fn zone_names(snapshot: &Snapshot, source: IpAddr, apex: &Name) -> Names {
-    let deeper: Vec<Name> = (members(snapshot, source).into_iter())
-        .map(|(n, _)| n)
+    let deeper: Vec<Name> = (members(snapshot, source).iter())
+        .map(|(n, _)| n.clone())
         .filter(|n| n != apex && apex.zone_of(n))
         .collect();
     let mut types: HashMap<Name, BTreeSet<RecordType>> = HashMap::new();
@@ -472,8 +498,8 @@ fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<R
         let txt = RData::TXT(TXT::new(vec!["2".to_string()]));
         out.push(Record::from_rdata(version, 0, txt));
     }
-    for (member, _) in members {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &tsig::wire_name(&member));
+    for (member, _) in members.iter() {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &tsig::wire_name(member));
         let id: String = digest.as_ref()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -481,7 +507,11 @@ fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<R
         if let Ok(owner) =
             Name::from_ascii(format!("{id}.zones")).and_then(|n| n.append_domain(catalog))
         {
-            out.push(Record::from_rdata(owner, 0, RData::PTR(PTR(member))));
+            out.push(Record::from_rdata(
+                owner,
+                0,
+                RData::PTR(PTR(member.clone())),
+            ));
         }
     }
     out
@@ -492,7 +522,7 @@ pub fn followed(snapshot: &Snapshot, who: &Who, secondary: &Secondary) -> Vec<(N
     let Some(source) = audience_source(snapshot, who, secondary.audience) else {
         return Vec::new();
     };
-    let mut zones = members(snapshot, source);
+    let mut zones = members(snapshot, source).to_vec();
     if let Some(catalog) = catalog_name(snapshot, who, secondary.audience)
         && let Some(soa) = catalog_soa(snapshot, source, &catalog)
     {
@@ -842,8 +872,8 @@ mod tests {
         let mut hosts = 0;
         for source in SOURCES {
             let source: IpAddr = source.parse().unwrap();
-            for (apex, _) in members(&s, source) {
-                let mut names = zone_names(&s, source, &apex);
+            for (apex, _) in members(&s, source).iter() {
+                let mut names = zone_names(&s, source, apex);
                 while let Some(step) = names.next(&s) {
                     let Step::Records(got) = step else { continue };
                     let name = got[0].name.clone();
@@ -865,9 +895,9 @@ mod tests {
     fn members_are_the_zones_an_audience_gets_whole() {
         let s = fixture();
         let names = |source: &str| -> Vec<String> {
-            (members(&s, source.parse().unwrap()).into_iter())
+            (members(&s, source.parse().unwrap()).iter())
                 .map(|(n, serial)| {
-                    assert_ne!(serial, 0);
+                    assert_ne!(*serial, 0);
                     n.to_ascii()
                 })
                 .collect()
@@ -896,6 +926,6 @@ mod tests {
         )
         .unwrap();
         let forwarding = snapshot(dir.path());
-        assert_eq!(members(&forwarding, "127.16.0.5".parse().unwrap()), []);
+        assert_eq!(*members(&forwarding, "127.16.0.5".parse().unwrap()), []);
     }
 }

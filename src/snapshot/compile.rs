@@ -146,7 +146,9 @@ pub fn compile_space(space: &Space, serial: impl Fn(ZoneKey) -> u32) -> SpaceVie
 /// The snapshot of compiled spaces, sorted by name: the access table and the name indexes,
 /// which need every space. Linear in the apps, and cheap beside compiling them.
 pub fn assemble(spaces: Vec<Arc<SpaceView>>) -> Snapshot {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut snapshot = Snapshot {
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         localspace: name(LOCALSPACE),
         ..Snapshot::default()
     };

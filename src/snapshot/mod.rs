@@ -38,6 +38,9 @@ pub const LOCALSPACE: &str = "app.localspace.";
 /// Everything the DNS server and the router answer from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// A number no other snapshot of this process has (0 for an empty default one): what a
+    /// cache of results computed from one snapshot is keyed by.
+    pub id: u64,
     /// Problems that did not stop the compile (a certificate whose key type rustls cannot use),
     /// for the reloader to log.
     pub warnings: Vec<String>,
