@@ -29,6 +29,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// How many times a NOTIFY is sent before giving up (1 + 2 + 4 + 8 + 16 s).
 const TRIES: u32 = 5;
+/// How many NOTIFYs are in flight at once: a first load with a hundred thousand member zones
+/// (custom-domain apexes) must not open a hundred thousand sockets.
+const IN_FLIGHT: usize = 64;
 
 /// One NOTIFY to send.
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut last: Option<Arc<Snapshot>> = None;
     // (space, secondary, zone) → the serial it was last told of.
     let mut told: HashMap<(String, String, Name), u32> = HashMap::new();
@@ -77,7 +81,14 @@ pub async fn run(
         for (space, notice) in followed {
             let id = (space, notice.secondary.clone(), notice.zone.clone());
             if told.get(&id) != Some(&notice.serial) {
-                tasks.spawn(send(notice.clone(), shutdown.clone()));
+                let (notice, shutdown, in_flight) =
+                    (notice.clone(), shutdown.clone(), in_flight.clone());
+                tasks.spawn(async move {
+                    let Ok(_permit) = in_flight.acquire_owned().await else {
+                        return;
+                    };
+                    send(notice, shutdown).await;
+                });
             }
             now_told.insert(id, notice.serial);
         }
