@@ -9,7 +9,7 @@
 use ring::hmac;
 
 use super::wire::{question_end, skip_name};
-use crate::snapshot::{TsigAlgorithm, TsigKey};
+use crate::snapshot::{TsigAlgorithm, TsigKey, wire};
 
 /// The TSIG record's type.
 pub const TYPE_TSIG: u16 = 250;
@@ -174,17 +174,6 @@ fn read_name(message: &[u8], mut at: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// A name's lower-case wire form.
-pub fn wire_name(name: &hickory_proto::rr::Name) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.iter() {
-        out.push(label.len() as u8);
-        out.extend(label.iter().map(u8::to_ascii_lowercase));
-    }
-    out.push(0);
-    out
-}
-
 fn algorithm_of(name: &[u8]) -> Option<TsigAlgorithm> {
     let mut text = String::new();
     let mut at = 0;
@@ -222,7 +211,7 @@ fn variables(
         ctx.update(&fudge.to_be_bytes());
         return;
     };
-    ctx.update(&wire_name(&key.name));
+    ctx.update(&wire(&key.name));
     ctx.update(&CLASS_ANY.to_be_bytes());
     ctx.update(&0u32.to_be_bytes());
     ctx.update(&algorithm_wire(key.algorithm));
@@ -401,7 +390,7 @@ fn append(
 ) {
     let algorithm = algorithm_wire(key.algorithm);
     let id = [message[0], message[1]];
-    message.extend_from_slice(&wire_name(&key.name));
+    message.extend_from_slice(&wire(&key.name));
     message.extend_from_slice(&TYPE_TSIG.to_be_bytes());
     message.extend_from_slice(&CLASS_ANY.to_be_bytes());
     message.extend_from_slice(&0u32.to_be_bytes());

@@ -213,7 +213,7 @@ pub fn handle(
 fn find_key<'s>(snapshot: &'s Snapshot, key: &[u8]) -> Option<(Who, &'s Secondary)> {
     snapshot.spaces.iter().enumerate().find_map(|(s, space)| {
         let (i, secondary) = (space.secondaries.iter().enumerate())
-            .find(|(_, sec)| tsig::wire_name(&sec.key.name) == key)?;
+            .find(|(_, sec)| crate::snapshot::wire(&sec.key.name) == key)?;
         Some((
             Who {
                 space: s,
@@ -499,7 +499,7 @@ fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<R
         out.push(Record::from_rdata(version, 0, txt));
     }
     for (member, _) in members.iter() {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &tsig::wire_name(member));
+        let digest = ring::digest::digest(&ring::digest::SHA256, &crate::snapshot::wire(member));
         let id: String = digest.as_ref()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
