@@ -46,13 +46,11 @@ pub enum Xfr {
     Transfer(Box<Transfer>),
 }
 
-/// The secondary a request comes from, and how to sign to it.
-#[derive(Debug, Clone)]
+/// Whose secondary it is: the space that lists it.
+#[derive(Debug, Clone, Copy)]
 pub struct Who {
-    /// The space it belongs to.
+    /// The space's index in the snapshot.
     pub space: usize,
-    /// Its index in that space's secondaries.
-    pub secondary: usize,
 }
 
 /// A request signed with one of our secondaries' keys: the answer, or `None` when the request
@@ -99,8 +97,8 @@ pub fn handle(
     let Some(question) = question else {
         return Some(refused(&mut signer));
     };
-    let catalog = catalog_name(snapshot, &who, secondary.audience);
     let qname = question.name().to_lowercase();
+    let is_catalog = catalog_name(snapshot, &who, secondary.audience).as_ref() == Some(&qname);
     let rtype = question.query_type();
     let unsigned = &query[..signed.start];
     let member = |apex: &Name| {
@@ -112,7 +110,7 @@ pub fn handle(
 
     match rtype {
         RecordType::AXFR | RecordType::IXFR => {
-            let serial = if Some(&qname) == catalog.as_ref() {
+            let serial = if is_catalog {
                 catalog_soa(snapshot, source, &qname).map(|soa| soa_serial(&soa))
             } else {
                 member(&qname).map(|m| m.1)
@@ -130,7 +128,7 @@ pub fn handle(
                 if rtype == RecordType::AXFR {
                     return Some(refused(&mut signer));
                 }
-                let soa = match Some(&qname) == catalog.as_ref() {
+                let soa = match is_catalog {
                     true => catalog_soa(snapshot, source, &qname),
                     false => records(snapshot, source, &qname, RecordType::SOA).pop(),
                 };
@@ -138,7 +136,6 @@ pub fn handle(
                 let reply = message(&header, Some(question), ResponseCode::NoError, answers);
                 return Some(sign(reply, &mut signer));
             }
-            let is_catalog = Some(&qname) == catalog.as_ref();
             let changes = theirs.and_then(|from| journal.changes(source, &qname, from, serial));
             let (zone, soa) = match (changes, is_catalog) {
                 // IXFR (RFC 1995 §4): the differences since the secondary's serial, each as
@@ -187,7 +184,7 @@ pub fn handle(
                 signer,
             })))
         }
-        _ if Some(&qname) == catalog.as_ref() => {
+        _ if is_catalog => {
             let answers = match rtype {
                 RecordType::SOA => catalog_soa(snapshot, source, &qname).into_iter().collect(),
                 _ => Vec::new(),
@@ -212,15 +209,9 @@ pub fn handle(
 /// The secondary whose key is `key` (lower-case wire form).
 fn find_key<'s>(snapshot: &'s Snapshot, key: &[u8]) -> Option<(Who, &'s Secondary)> {
     snapshot.spaces.iter().enumerate().find_map(|(s, space)| {
-        let (i, secondary) = (space.secondaries.iter().enumerate())
-            .find(|(_, sec)| crate::snapshot::wire(&sec.key.name) == key)?;
-        Some((
-            Who {
-                space: s,
-                secondary: i,
-            },
-            secondary,
-        ))
+        let secondary =
+            (space.secondaries.iter()).find(|sec| crate::snapshot::wire(&sec.key.name) == key)?;
+        Some((Who { space: s }, secondary))
     })
 }
 
@@ -228,11 +219,8 @@ fn find_key<'s>(snapshot: &'s Snapshot, key: &[u8]) -> Option<(Who, &'s Secondar
 pub fn secondaries(snapshot: &Snapshot) -> Vec<(Who, &Secondary, IpAddr)> {
     let mut out = Vec::new();
     for (s, space) in snapshot.spaces.iter().enumerate() {
-        for (i, secondary) in space.secondaries.iter().enumerate() {
-            let who = Who {
-                space: s,
-                secondary: i,
-            };
+        for secondary in &space.secondaries {
+            let who = Who { space: s };
             if let Some(source) = audience_source(snapshot, &who, secondary.audience) {
                 out.push((who, secondary, source));
             }
