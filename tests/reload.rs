@@ -224,10 +224,20 @@ async fn serials_grow_only_for_changed_zones_and_sighup_without_changes_keeps_th
         corp,
         "zone file unchanged"
     );
+    // Beta's askers see alpha's standard apps, whose TTL changed: their serial moved too.
+    let beta_now = serial(&b, BETA, "herokuapp.com.").await;
+    assert_ne!(beta_now, beta, "beta sees alpha's standard apps");
+    // An internal change of alpha (its private router) moves alpha's serial, not beta's.
+    edit(
+        &dir.path().join("alpha.yaml"),
+        "private: [127.16.0.10, ",
+        "private: [127.16.0.11, ",
+    );
+    serial_moves(&b, SPACE, "herokuapp.com.", second).await;
     assert_eq!(
         serial(&b, BETA, "herokuapp.com.").await,
-        beta,
-        "space beta unchanged"
+        beta_now,
+        "alpha's internal change does not show in beta's serial"
     );
 
     edit(
@@ -252,6 +262,11 @@ async fn issue_10_replicas_started_at_different_times_serve_the_same_serials() {
     let dir = copy_dir(&fixture_dir());
     let alpha = dir.path().join("alpha.yaml");
     edit(&alpha, "ttl: 30", "serial: 2026113001\nttl: 30");
+    edit(
+        &dir.path().join("beta.yaml"),
+        "space: beta\n",
+        "space: beta\nserial: 7\n",
+    );
     let early = Binary::start(dir.path());
     let zones = [
         (SPACE, "herokuapp.com."),
@@ -262,7 +277,8 @@ async fn issue_10_replicas_started_at_different_times_serve_the_same_serials() {
     for (from, apex) in zones {
         first.push(serial(&early, from, apex).await);
     }
-    assert_eq!(first, [2026113001, 2026112301, 2026113001]);
+    // Alpha's askers see alpha's data and beta's standard apps: alpha's serial plus beta's.
+    assert_eq!(first, [2026113001 + 7, 2026112301, 2026113001]);
 
     edit(
         &alpha,
@@ -278,7 +294,7 @@ async fn issue_10_replicas_started_at_different_times_serve_the_same_serials() {
         a.push(serial(&early, from, apex).await);
         b.push(serial(&late, from, apex).await);
     }
-    assert_eq!(a, [2026113002, 2026112301, 2026113002]);
+    assert_eq!(a, [2026113002 + 7, 2026112301, 2026113002]);
     assert_eq!(a, b);
 }
 
@@ -600,7 +616,9 @@ fn metric(text: &str, name: &str) -> Option<String> {
 async fn metrics_count_reloads_failures_serials_and_queries() {
     let dir = copy_dir(&fixture_dir());
     let b = Binary::start_with(dir.path(), &["--metrics", "127.0.0.1:0"]);
-    let serial = serial(&b, SPACE, "herokuapp.com.").await;
+    // The last serial taken from the clock, which the first load gave every zone that declares
+    // none: alpha's public view is one.
+    let serial = serial(&b, PUBLIC, "www.example.net.").await;
     let text = scrape(&b).await;
     assert_eq!(
         metric(&text, "spaceroute_reloads_total").as_deref(),

@@ -519,7 +519,8 @@ pub fn followed(snapshot: &Snapshot, who: &Who, secondary: &Secondary) -> Vec<(N
     zones
 }
 
-/// A zone's SOA and other records as `source` sees it; `catalog` for a catalog zone.
+/// A zone's SOA and its records other than app hosts, as `source` sees it; `catalog` for a
+/// catalog zone. App hosts are compared space by space ([`host_changes`]).
 fn contents(
     snapshot: &Snapshot,
     source: IpAddr,
@@ -532,28 +533,86 @@ fn contents(
         return Some((soa, records));
     }
     let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
-    let mut names = zone_names(snapshot, source, apex);
-    let mut body = Vec::new();
-    while let Some(step) = names.next(snapshot) {
-        if body.len() > DIFF_LIMIT {
-            return None;
+    let names = zone_names(snapshot, source, apex);
+    let body = (names.others)
+        .flat_map(|(name, types)| {
+            (types.into_iter()).flat_map(move |t| records(snapshot, source, &name, t))
+        })
+        .collect();
+    Some((soa, body))
+}
+
+/// The app host records under the app domain `apex` that went and came between `old` and
+/// `new` for `source`, looking only into spaces that changed: a space kept as it was (the same
+/// compiled view) answers as before, since whether a source sees an app depends on the app's
+/// own space alone. Also the number of hosts `new` has there, the size to compare against.
+fn host_changes(
+    old: &Snapshot,
+    new: &Snapshot,
+    source: IpAddr,
+    apex: &Name,
+) -> (Vec<Record>, Vec<Record>, usize) {
+    let by_name = |snapshot: &Snapshot| -> HashMap<String, usize> {
+        (snapshot.spaces.iter().enumerate())
+            .filter(|(_, space)| &space.domain == apex)
+            .map(|(s, space)| (space.name.clone(), s))
+            .collect()
+    };
+    let (before, after) = (by_name(old), by_name(new));
+    let size = (after.values()).map(|&s| new.spaces[s].apps.len()).sum();
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let mut names: Vec<&String> = before.keys().chain(after.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let (o, n) = (before.get(name), after.get(name));
+        if let (Some(&o), Some(&n)) = (o, n)
+            && Arc::ptr_eq(&old.spaces[o], &new.spaces[n])
+        {
+            continue;
         }
-        match step {
-            Step::Records(records) => body.extend(records),
-            Step::Ask(name, types) => {
-                for t in types {
-                    body.extend(records(snapshot, source, &name, t));
+        let mut was = o
+            .map(|&o| visible_hosts(old, source, o))
+            .unwrap_or_default();
+        let now = n
+            .map(|&n| visible_hosts(new, source, n))
+            .unwrap_or_default();
+        for (app, records) in now {
+            match was.remove(app) {
+                Some(previous) if previous == records => {}
+                Some(previous) => {
+                    removed.extend(previous);
+                    added.extend(records);
                 }
+                None => added.extend(records),
             }
         }
+        removed.extend(was.into_values().flatten());
     }
-    Some((soa, body))
+    (removed, added, size)
+}
+
+/// The address records of each app of space `s` that `source` sees, by app name.
+fn visible_hosts(snapshot: &Snapshot, source: IpAddr, s: usize) -> HashMap<&str, Vec<Record>> {
+    let trusts = snapshot.access.classify(source);
+    let space = &snapshot.spaces[s];
+    (space.apps.iter().enumerate())
+        .filter_map(|(a, app)| {
+            let app_ref = crate::snapshot::AppRef { space: s, app: a };
+            let addresses = snapshot.addresses(app_ref, &trusts)?;
+            let host = Name::from_ascii(&*app.name)
+                .and_then(|n| n.append_domain(&space.domain))
+                .ok()?;
+            let records = (addresses.iter())
+                .map(|ip| address_record(host.clone(), space.ttl, *ip))
+                .collect();
+            Some((&*app.name, records))
+        })
+        .collect()
 }
 
 /// How many changes of one zone the journal keeps.
 const JOURNAL_DEPTH: usize = 16;
-/// Zones with more records than this are not compared: a secondary behind gets AXFR.
-const DIFF_LIMIT: usize = 200_000;
 
 /// One change of a zone: its SOA before and after, and the records that went and came.
 #[derive(Debug, Clone)]
@@ -588,11 +647,10 @@ impl Journal {
         if serial(old) == serial(new) {
             return;
         }
-        // `None`: gone, or too large to compare (more than `DIFF_LIMIT` records).
-        let Some((from, before)) = contents(old, source, apex, catalog) else {
-            return self.forget(source, apex);
-        };
-        let Some((to, after)) = contents(new, source, apex, catalog) else {
+        let (Some((from, before)), Some((to, after))) = (
+            contents(old, source, apex, catalog),
+            contents(new, source, apex, catalog),
+        ) else {
             return self.forget(source, apex);
         };
         if soa_serial(&from) == soa_serial(&to) {
@@ -609,7 +667,15 @@ impl Journal {
             .filter(|(k, _)| !old_set.contains_key(*k))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
-        if removed.len() + added.len() > new_set.len() {
+        let mut size = new_set.len();
+        if !catalog {
+            let (gone, came, hosts) = host_changes(old, new, source, apex);
+            removed.extend(gone.into_iter().map(|r| (key(&r), r)));
+            added.extend(came.into_iter().map(|r| (key(&r), r)));
+            size += hosts;
+        }
+        // A change larger than the zone is cheaper as the zone.
+        if removed.len() + added.len() > size {
             return self.forget(source, apex);
         }
         removed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -915,5 +981,92 @@ mod tests {
         .unwrap();
         let forwarding = snapshot(dir.path());
         assert_eq!(*members(&forwarding, "127.16.0.5".parse().unwrap()), []);
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::snapshot::{SpaceView, assemble, compile_space};
+
+    fn view(yaml: &str, serial: u32) -> Arc<SpaceView> {
+        let config = crate::config::parse_texts(&[("d/s.yaml", yaml)], &[]).unwrap();
+        Arc::new(compile_space(&config.spaces[0], |_| serial))
+    }
+
+    fn space(name: &str, net: &str, serial: u32, apps: &[&str]) -> Arc<SpaceView> {
+        let apps: String = apps.iter().map(|a| format!("  - name: {a}\n")).collect();
+        view(
+            &format!(
+                "space: {name}\nnetwork: {net}\nrouter: {{private: [127.16.0.10]}}\n\
+                 nameservers: [{{name: ns1.example.net}}]\napps:\n{apps}"
+            ),
+            serial,
+        )
+    }
+
+    /// IXFR of the app domain: one app gone and one come in a changed space is two records,
+    /// whatever the size of the space that did not change; the chain answers from any serial
+    /// it holds.
+    #[test]
+    fn the_journal_holds_what_changed_in_the_changed_space_only() {
+        let apex = Name::from_ascii("herokuapp.com.").unwrap();
+        let source: IpAddr = "127.16.0.5".parse().unwrap();
+        let many: Vec<String> = (0..500).map(|i| format!("app-{i:04}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        // A space that trusts the source too, its apps visible, kept as it was throughout.
+        let apps: String = many.iter().map(|a| format!("  - name: {a}\n")).collect();
+        let big = view(
+            &format!(
+                "space: big\nnetwork: 127.17.0.0/16\npeers: [{{name: p, cidrs: [127.16.0.0/16]}}]\n\
+                 router: {{private: [127.17.0.10]}}\napps:\n{apps}"
+            ),
+            1,
+        );
+        let v1 = assemble(vec![
+            big.clone(),
+            space("s", "127.16.0.0/16", 10, &["one-app", "two-app"]),
+        ]);
+        let v2 = assemble(vec![
+            big.clone(),
+            space("s", "127.16.0.0/16", 11, &["two-app", "new-app"]),
+        ]);
+        let v3 = assemble(vec![big, space("s", "127.16.0.0/16", 12, &["new-app"])]);
+        let big_app = |v: &Snapshot| {
+            records(
+                v,
+                source,
+                &Name::from_ascii("app-0007.herokuapp.com.").unwrap(),
+                RecordType::A,
+            )
+        };
+        assert_eq!(big_app(&v1).len(), 1, "the unchanged space's apps are seen");
+        let journal = Journal::default();
+        journal.record(&v1, &v2, source, &apex);
+        journal.record(&v2, &v3, source, &apex);
+        let owners = |records: &[Record]| -> Vec<String> {
+            records.iter().map(|r| r.name.to_ascii()).collect()
+        };
+        // The source is trusted by both spaces: it sees big's SOA, whose serial moves with the
+        // public serial of `s` (the sum: see `Snapshot::app_domain_serial`).
+        let serial = |v: &Snapshot| soa_serial(&records(v, source, &apex, RecordType::SOA)[0]);
+        let (s1, s2, s3) = (serial(&v1), serial(&v2), serial(&v3));
+        assert!(s1 < s2 && s2 < s3, "{s1} {s2} {s3}");
+        let changes = journal
+            .changes(source, &apex, s1, s3)
+            .expect("a chain from v1 to v3");
+        assert_eq!(changes.len(), 2);
+        assert_eq!(owners(&changes[0].removed), ["one-app.herokuapp.com."]);
+        assert_eq!(owners(&changes[0].added), ["new-app.herokuapp.com."]);
+        assert_eq!(owners(&changes[1].removed), ["two-app.herokuapp.com."]);
+        assert!(changes[1].added.is_empty());
+        assert_eq!(
+            journal.changes(source, &apex, s2, s3).map(|c| c.len()),
+            Some(1)
+        );
+        assert!(
+            journal.changes(source, &apex, s1 - 1, s3).is_none(),
+            "a serial it never had"
+        );
     }
 }

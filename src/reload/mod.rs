@@ -146,7 +146,7 @@ impl Reloader {
             warn!("{w}");
         }
         metrics.reloaded(1, serials.last);
-        serials.report(&metrics);
+        serials.report(&metrics, &snapshot);
         Ok(Reloader {
             dir: dir.to_path_buf(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -216,7 +216,7 @@ impl Reloader {
         state.serials = built.serials;
         state.generation += 1;
         self.metrics.reloaded(state.generation, state.serials.last);
-        state.serials.report(&self.metrics);
+        state.serials.report(&self.metrics, &self.snapshot.load());
         let [loaded, validated, compiled] = built.times;
         info!(
             generation = state.generation,

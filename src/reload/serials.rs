@@ -12,7 +12,7 @@ use std::fmt;
 
 use super::prints::{Prints, ZoneId};
 use crate::metrics::Metrics;
-use crate::snapshot::ZoneKey;
+use crate::snapshot::{Snapshot, ZoneKey};
 
 /// The SOA serials of every zone.
 #[derive(Debug, Clone, Default)]
@@ -76,9 +76,15 @@ impl Serials {
         warnings
     }
 
-    /// Sets the per-zone serial gauges.
-    pub(super) fn report(&self, metrics: &Metrics) {
+    /// Sets the per-zone serial gauges: each zone's serial as askers see it in `snapshot`.
+    pub(super) fn report(&self, metrics: &Metrics, snapshot: &Snapshot) {
         metrics.zone_serials(self.zones.iter().map(|(id, &serial)| {
+            let serial = match id {
+                ZoneId::Space(name) => (snapshot.spaces.iter())
+                    .position(|s| &s.name == name)
+                    .map_or(serial, |s| snapshot.app_domain_serial(s)),
+                _ => serial,
+            };
             let zone = match id {
                 ZoneId::Space(_) => "app domain (trusted)".to_string(),
                 ZoneId::Public(_) => "app domain (public)".to_string(),

@@ -205,6 +205,13 @@ pub fn assemble(spaces: Vec<Arc<SpaceView>>) -> Snapshot {
     snapshot
         .apexes
         .insert(snapshot.localspace.clone(), vec![Apex::Localspace]);
+    for space in &snapshot.spaces {
+        let sum = snapshot
+            .domain_public_serials
+            .entry(space.domain.clone())
+            .or_default();
+        *sum = sum.wrapping_add(space.public_serial);
+    }
     snapshot.access = Access::new(access);
     snapshot.ents = empty_non_terminals(&snapshot, custom);
     snapshot.public = public_names(&snapshot);

@@ -58,6 +58,9 @@ pub struct Snapshot {
     /// apps below them: they exist only for askers who may see one of those apps.
     ents: HashMap<Name, Vec<AppRef>>,
     apexes: HashMap<Name, Vec<Apex>>,
+    /// For each app domain, the sum (RFC 1982 arithmetic) of the public serials of the spaces
+    /// on it: see [`Snapshot::soa`].
+    domain_public_serials: HashMap<Name, u32>,
     /// Every apex we serve (lower-case wire form), and whether it is an app domain and nothing
     /// else (no zone file or custom domain shares it).
     apex_keys: HashMap<Box<[u8]>, bool, foldhash::fast::RandomState>,
@@ -386,7 +389,11 @@ impl Snapshot {
             (mname, rname, space.public_serial)
         } else {
             let mname = (space.nameservers.first()).map_or_else(Name::root, |(n, _)| n.clone());
-            (mname, space.hostmaster.clone(), space.serial)
+            let serial = match view.kind {
+                Apex::Domain => self.app_domain_serial(view.space),
+                _ => space.serial,
+            };
+            (mname, space.hostmaster.clone(), serial)
         };
         // Refresh 4 h, retry 1 h, expire 1 week: the values RFC 1912 §2.2 and Zonemaster ask for.
         let soa = SOA::new(mname, rname, serial, 14_400, 3600, 604_800, space.ttl);
@@ -395,6 +402,23 @@ impl Snapshot {
             space.ttl,
             RData::SOA(soa),
         ))
+    }
+
+    /// The serial of the app domain as the askers that space `space` trusts see it. The app
+    /// domain is shared: they see that space's data and the public data of every other space
+    /// on it (their standard apps). So its serial is the space's serial plus the others'
+    /// public serials (RFC 1982 arithmetic), which moves whenever any of that moves; with one
+    /// space on the domain, the space's own serial. (A source trusted by several spaces sees
+    /// the first one's: another trusting space's private changes do not move it.)
+    pub fn app_domain_serial(&self, space: usize) -> u32 {
+        let Some(view) = self.spaces.get(space) else {
+            return 0;
+        };
+        (self.domain_public_serials.get(&view.domain)).map_or(view.serial, |sum| {
+            view.serial
+                .wrapping_add(*sum)
+                .wrapping_sub(view.public_serial)
+        })
     }
 
     /// The nameservers a synthesized zone shows: the public ones to public askers.
