@@ -571,43 +571,56 @@ fn host_changes(
         {
             continue;
         }
-        let mut was = o
-            .map(|&o| visible_hosts(old, source, o))
-            .unwrap_or_default();
-        let now = n
-            .map(|&n| visible_hosts(new, source, n))
-            .unwrap_or_default();
-        for (app, records) in now {
-            match was.remove(app) {
-                Some(previous) if previous == records => {}
-                Some(previous) => {
-                    removed.extend(previous);
-                    added.extend(records);
+        let mut was: HashMap<&str, &[IpAddr]> = match o {
+            Some(&o) => visible_hosts(old, source, o).collect(),
+            None => HashMap::new(),
+        };
+        let same_ttl =
+            matches!((o, n), (Some(&o), Some(&n)) if old.spaces[o].ttl == new.spaces[n].ttl);
+        if let Some(&n) = n {
+            for (app, addresses) in visible_hosts(new, source, n) {
+                match was.remove(app) {
+                    Some(previous) if previous == addresses && same_ttl => {}
+                    previous => {
+                        if let (Some(previous), Some(&o)) = (previous, o) {
+                            removed.extend(host_records(old, o, app, previous));
+                        }
+                        added.extend(host_records(new, n, app, addresses));
+                    }
                 }
-                None => added.extend(records),
             }
         }
-        removed.extend(was.into_values().flatten());
+        if let Some(&o) = o {
+            for (app, previous) in was {
+                removed.extend(host_records(old, o, app, previous));
+            }
+        }
     }
     (removed, added, size)
 }
 
-/// The address records of each app of space `s` that `source` sees, by app name.
-fn visible_hosts(snapshot: &Snapshot, source: IpAddr, s: usize) -> HashMap<&str, Vec<Record>> {
+/// The addresses of each app of space `s` that `source` sees, by app name, borrowed from the
+/// snapshot: records are built only for what changed.
+fn visible_hosts(
+    snapshot: &Snapshot,
+    source: IpAddr,
+    s: usize,
+) -> impl Iterator<Item = (&str, &[IpAddr])> {
     let trusts = snapshot.access.classify(source);
+    (snapshot.spaces[s].apps.iter().enumerate()).filter_map(move |(a, app)| {
+        let app_ref = crate::snapshot::AppRef { space: s, app: a };
+        Some((&*app.name, snapshot.addresses(app_ref, &trusts)?))
+    })
+}
+
+/// The address records of app `app` of space `s` in `snapshot`.
+fn host_records(snapshot: &Snapshot, s: usize, app: &str, addresses: &[IpAddr]) -> Vec<Record> {
     let space = &snapshot.spaces[s];
-    (space.apps.iter().enumerate())
-        .filter_map(|(a, app)| {
-            let app_ref = crate::snapshot::AppRef { space: s, app: a };
-            let addresses = snapshot.addresses(app_ref, &trusts)?;
-            let host = Name::from_ascii(&*app.name)
-                .and_then(|n| n.append_domain(&space.domain))
-                .ok()?;
-            let records = (addresses.iter())
-                .map(|ip| address_record(host.clone(), space.ttl, *ip))
-                .collect();
-            Some((&*app.name, records))
-        })
+    let Ok(host) = Name::from_ascii(app).and_then(|n| n.append_domain(&space.domain)) else {
+        return Vec::new();
+    };
+    (addresses.iter())
+        .map(|ip| address_record(host.clone(), space.ttl, *ip))
         .collect()
 }
 
