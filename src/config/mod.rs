@@ -178,6 +178,16 @@ pub enum XfrAudience {
     Public,
 }
 
+impl fmt::Display for XfrAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XfrAudience::Space => f.write_str("space"),
+            XfrAudience::Peer(i) => write!(f, "peer #{}", i + 1),
+            XfrAudience::Public => f.write_str("public"),
+        }
+    }
+}
+
 /// A TSIG key (RFC 8945). Its `Debug` form leaves the secret out, so it is never logged.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TsigKey {

@@ -512,8 +512,8 @@ impl Validator {
                     .or_insert((space.name, audience, space.file));
                 if first.0 != space.name || first.1 != audience {
                     let msg = format!(
-                        "key {} already signs for another audience ({}, {:?}) in {}: give each \
-                         audience its own key",
+                        "key {} already signs for another audience (space {}, {}) in {}: give \
+                         each audience its own key",
                         key.to_ascii(),
                         first.0,
                         first.1,
@@ -946,6 +946,25 @@ mod tests {
         assert_eq!(s.key.name.to_ascii(), "xfr-a.");
         assert_eq!(s.key.secret, b"secret-secret-secret-secret-1234");
         assert_eq!(s.notify[0].to_string(), "127.16.9.1:5300");
+        assert_eq!(
+            s.sources,
+            ["127.16.9.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // `notify:` sends NOTIFY elsewhere (port 53 unless given); requests still come from
+        // `addresses`.
+        let elsewhere = good.replace(
+            "    key:",
+            "    notify: [127.0.0.1, \"127.0.0.2:5301\"]\n    key:",
+        );
+        let config =
+            crate::config::parse_texts(&[("d/a.yaml", &elsewhere)], &[("d/a.key", &knot)]).unwrap();
+        let s = &config.spaces[0].secondaries[0];
+        let notify: Vec<String> = s.notify.iter().map(ToString::to_string).collect();
+        assert_eq!(notify, ["127.0.0.1:53", "127.0.0.2:5301"]);
+        assert_eq!(
+            s.sources,
+            ["127.16.9.1".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert!(
             !format!("{s:?}").contains("secret-secret"),
             "the secret is never printed"
@@ -1003,7 +1022,7 @@ mod tests {
         assert_one(
             &errs,
             "d/b.yaml:",
-            "key xfr-a. already signs for another audience (a,",
+            "key xfr-a. already signs for another audience (space a, space)",
         );
     }
 

@@ -4,7 +4,9 @@
 //!
 //! Decoupled from the reloader: a task looks at the snapshot a few times a second and works out
 //! what changed from the zones' serials, so a secondary added by an edit hears of all its
-//! zones and one removed hears of nothing more.
+//! zones and one removed hears of nothing more. Holding the snapshot before and after, it is
+//! also what writes the IXFR [`Journal`](xfr::Journal), before it sends the NOTIFYs that make
+//! secondaries ask.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

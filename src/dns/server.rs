@@ -303,28 +303,30 @@ async fn serve_tcp(
         let message = &mut buf[..len];
         tokio::time::timeout(idle, stream.read_exact(message)).await??;
         let started = Instant::now();
-        let snapshot = server.snapshot.load_full();
-        match xfr::handle(
+        let snapshot = server.snapshot.load();
+        let xfr = xfr::handle(
             &snapshot,
             &server.journal,
             peer.ip(),
             Transport::Tcp,
             message,
             unix_now(),
-        ) {
-            Some(xfr::Xfr::Reply(reply)) => {
-                write_framed(&mut stream, &reply, idle).await?;
-                continue;
-            }
-            Some(xfr::Xfr::Transfer(transfer)) => {
-                send_transfer(&mut stream, transfer, idle, peer).await?;
+        );
+        let result = match xfr {
+            None => answer(&snapshot, peer.ip(), Transport::Tcp, message),
+            Some(xfr) => {
+                drop(snapshot);
+                match xfr {
+                    xfr::Xfr::Reply(reply) => write_framed(&mut stream, &reply, idle).await?,
+                    xfr::Xfr::Transfer(transfer) => {
+                        send_transfer(&mut stream, transfer, idle, peer).await?;
+                    }
+                }
                 admitted.touch();
                 continue;
             }
-            None => {}
-        }
+        };
         drop(snapshot);
-        let result = answer(&server.snapshot.load(), peer.ip(), Transport::Tcp, message);
         let Some(reply) = respond(server, result, message, peer, Transport::Tcp).await else {
             continue;
         };
@@ -368,6 +370,7 @@ async fn send_transfer(
     peer: SocketAddr,
 ) -> io::Result<()> {
     let started = Instant::now();
+    let zone = transfer.zone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
         for message in transfer {
@@ -383,7 +386,7 @@ async fn send_transfer(
         bytes += message.len() as u64;
     }
     let _ = producer.await;
-    info!(%peer, messages, bytes, ms = started.elapsed().as_millis() as u64, "zone transfer sent");
+    info!(%peer, zone, messages, bytes, ms = started.elapsed().as_millis() as u64, "zone transfer sent");
     Ok(())
 }
 

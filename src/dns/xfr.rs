@@ -3,9 +3,10 @@
 //!
 //! A request signed with a secondary's key, from one of its addresses, is answered as that
 //! secondary's audience sees the zones: the space's own network, one of its peers, or the
-//! public. The audience is played by a source address it holds, and every record of a transfer
-//! comes from [`answer`] for that source, so a secondary serves exactly what spaceroute answers
-//! its audience. The zones of an audience are the apexes whose SOA the audience gets; the app
+//! public. The audience is played by a source address it holds, and the records of a transfer
+//! come from [`answer`] for that source (app hosts, a million of them, straight from
+//! [`Snapshot::addresses`], which is what `answer` uses; a test holds the two together), so a
+//! secondary serves exactly what spaceroute answers its audience. The zones of an audience are the apexes whose SOA the audience gets; the app
 //! domain is one of them only when it is wholly ours for that audience (`unlisted: nxdomain`):
 //! a secondary cannot relay unlisted names as we do. Service discovery (`app.localspace.`) is
 //! never transferred: its names are not listed anywhere a secondary could find them.
@@ -13,8 +14,8 @@
 //! Pure, like `answer`: the caller passes the time and does the I/O (the one piece of state is a
 //! memo of each audience's zones per snapshot, [`members`]). A transfer is a
 //! [`Transfer`], an iterator of messages built as they are taken, so a million-app zone is never
-//! in memory whole. IXFR is answered with the whole zone (RFC 1995 §4 allows it) unless the
-//! secondary is up to date, when one SOA says so.
+//! in memory whole. IXFR answers from the [`Journal`] of recent changes, and with the whole zone
+//! (RFC 1995 §4 allows it) when the journal does not reach back to the secondary's serial.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -28,7 +29,8 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use super::answer::{Transport, answer};
 use super::tsig::{self, Rejected, Signed, Signer};
 use crate::snapshot::{
-    LOCALSPACE, Policy, Secondary, Snapshot, TsigKey, XfrAudience, address_record,
+    LOCALSPACE, Policy, Secondary, Snapshot, TsigKey, XfrAudience, address_record, is_wire,
+    serial_after,
 };
 
 /// The most bytes of records in one transfer message, before its TSIG record.
@@ -101,47 +103,36 @@ pub fn handle(
     let is_catalog = catalog_name(snapshot, &who, secondary.audience).as_ref() == Some(&qname);
     let rtype = question.query_type();
     let unsigned = &query[..signed.start];
-    let member = |apex: &Name| {
-        members(snapshot, source)
-            .iter()
-            .find(|m| &m.0 == apex)
-            .cloned()
-    };
-
     match rtype {
         RecordType::AXFR | RecordType::IXFR => {
-            let serial = if is_catalog {
-                catalog_soa(snapshot, source, &qname).map(|soa| soa_serial(&soa))
-            } else {
-                member(&qname).map(|m| m.1)
-            };
-            let Some(serial) = serial else {
+            // A zone of this audience (or its catalog), and its SOA as the audience sees it.
+            let known = is_catalog || members(snapshot, source).iter().any(|m| m.0 == qname);
+            let Some(soa) = known
+                .then(|| zone_soa(snapshot, source, &qname, is_catalog))
+                .flatten()
+            else {
                 return Some(refused(&mut signer));
             };
+            let serial = soa_serial(&soa);
             let theirs = (rtype == RecordType::IXFR)
                 .then(|| ixfr_serial(unsigned))
                 .flatten();
-            let up_to_date = theirs.is_some_and(|t| !newer(serial, t));
+            let up_to_date = theirs.is_some_and(|t| !serial_after(serial, t));
             if transport == Transport::Udp || up_to_date {
                 // AXFR over UDP carries no data; IXFR over UDP, or for a secondary that is up
                 // to date, gets the current SOA alone (RFC 1995 §2, §4).
                 if rtype == RecordType::AXFR {
                     return Some(refused(&mut signer));
                 }
-                let soa = match is_catalog {
-                    true => catalog_soa(snapshot, source, &qname),
-                    false => records(snapshot, source, &qname, RecordType::SOA).pop(),
-                };
-                let answers = soa.into_iter().collect();
+                let answers = vec![soa];
                 let reply = message(&header, Some(question), ResponseCode::NoError, answers);
                 return Some(sign(reply, &mut signer));
             }
             let changes = theirs.and_then(|from| journal.changes(source, &qname, from, serial));
-            let (zone, soa) = match (changes, is_catalog) {
+            let zone = match (changes, is_catalog) {
                 // IXFR (RFC 1995 §4): the differences since the secondary's serial, each as
                 // its old SOA, what went, its new SOA, what came.
                 (Some(changes), _) => {
-                    let soa = changes.last().map(|d| d.to.clone());
                     let body: Vec<Record> = (changes.into_iter())
                         .flat_map(|d| {
                             let Diff {
@@ -156,20 +147,12 @@ pub fn handle(
                                 .chain(added)
                         })
                         .collect();
-                    (Zone::Records(body.into_iter()), soa)
+                    Zone::Records(body.into_iter())
                 }
                 (None, true) => {
-                    let mut records = catalog_records(snapshot, source, &qname).into_iter();
-                    let soa = records.next();
-                    (Zone::Records(records), soa)
+                    Zone::Records(catalog_records(snapshot, source, &qname).into_iter())
                 }
-                (None, false) => (
-                    Zone::Names(Box::new(zone_names(snapshot, source, &qname))),
-                    records(snapshot, source, &qname, RecordType::SOA).pop(),
-                ),
-            };
-            let Some(soa) = soa else {
-                return Some(refused(&mut signer));
+                (None, false) => Zone::Names(Box::new(zone_names(snapshot, source, &qname))),
             };
             Some(Xfr::Transfer(Box::new(Transfer {
                 snapshot: snapshot.clone(),
@@ -209,8 +192,7 @@ pub fn handle(
 /// The secondary whose key is `key` (lower-case wire form).
 fn find_key<'s>(snapshot: &'s Snapshot, key: &[u8]) -> Option<(Who, &'s Secondary)> {
     snapshot.spaces.iter().enumerate().find_map(|(s, space)| {
-        let secondary =
-            (space.secondaries.iter()).find(|sec| crate::snapshot::wire(&sec.key.name) == key)?;
+        let secondary = (space.secondaries.iter()).find(|sec| is_wire(&sec.key.name, key))?;
         Some((Who { space: s }, secondary))
     })
 }
@@ -244,22 +226,27 @@ pub fn audience_source(snapshot: &Snapshot, who: &Who, audience: XfrAudience) ->
     }
 }
 
+/// Where the catalog zones are.
+const CATALOGS: &str = "catalog.spaceroute.invalid.";
+
 /// The name of an audience's catalog zone: `<space>.catalog.spaceroute.invalid.`,
 /// `<peer>.<space>.catalog.spaceroute.invalid.`, `_public.catalog.spaceroute.invalid.`.
 pub fn catalog_name(snapshot: &Snapshot, who: &Who, audience: XfrAudience) -> Option<Name> {
     let space = snapshot.spaces.get(who.space)?;
     let text = match audience {
-        XfrAudience::Space => format!("{}.catalog.spaceroute.invalid.", space.name),
-        XfrAudience::Peer(i) => {
-            format!(
-                "{}.{}.catalog.spaceroute.invalid.",
-                space.peer_names.get(i)?,
-                space.name
-            )
-        }
-        XfrAudience::Public => "_public.catalog.spaceroute.invalid.".to_string(),
+        XfrAudience::Space => format!("{}.{CATALOGS}", space.name),
+        XfrAudience::Peer(i) => format!("{}.{}.{CATALOGS}", space.peer_names.get(i)?, space.name),
+        XfrAudience::Public => format!("_public.{CATALOGS}"),
     };
     Name::from_ascii(text).ok()
+}
+
+/// The SOA of the zone at `apex` as `source` sees it; `catalog` for a catalog zone.
+fn zone_soa(snapshot: &Snapshot, source: IpAddr, apex: &Name, catalog: bool) -> Option<Record> {
+    match catalog {
+        true => catalog_soa(snapshot, source, apex),
+        false => records(snapshot, source, apex, RecordType::SOA).pop(),
+    }
 }
 
 /// The zones `source` may transfer, with their serials, sorted by name: every apex whose SOA
@@ -449,32 +436,23 @@ impl Names {
             let Some(addresses) = snapshot.addresses(app_ref, &hosts.trusts) else {
                 continue;
             };
-            let Ok(host) =
-                Name::from_ascii(&*app.name).and_then(|n| n.append_domain(&space.domain))
-            else {
-                continue;
-            };
-            let mut records: Vec<Record> = (addresses.iter())
-                .map(|ip| address_record(host.clone(), space.ttl, *ip))
-                .collect();
-            // As `answer` gives them: A first, then AAAA.
-            records.sort_by_key(|r| r.record_type() == RecordType::AAAA);
-            return Some(Step::Records(records));
+            return Some(Step::Records(host_records(
+                snapshot,
+                app_ref.space,
+                &app.name,
+                addresses,
+            )));
         }
         None
     }
 }
 
-/// The catalog zone of the audience `source` (RFC 9432, version 2): SOA, NS, version, and one
-/// PTR per member, its label a hash of the member's name so that it is the same on every
-/// replica. Its serial is the newest of its members'.
+/// The catalog zone of the audience `source` (RFC 9432, version 2) but its SOA ([`catalog_soa`]):
+/// NS, version, and one PTR per member, its label a hash of the member's name so that it is the
+/// same on every replica.
 fn catalog_records(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Vec<Record> {
     let members = members(snapshot, source);
     let mut out = Vec::new();
-    let Some(soa) = catalog_soa(snapshot, source, catalog) else {
-        return out;
-    };
-    out.push(soa);
     if let Ok(invalid) = Name::from_ascii("invalid.") {
         out.push(Record::from_rdata(
             catalog.clone(),
@@ -527,12 +505,10 @@ fn contents(
     apex: &Name,
     catalog: bool,
 ) -> Option<(Record, Vec<Record>)> {
+    let soa = zone_soa(snapshot, source, apex, catalog)?;
     if catalog {
-        let mut records = catalog_records(snapshot, source, apex);
-        let soa = (!records.is_empty()).then(|| records.remove(0))?;
-        return Some((soa, records));
+        return Some((soa, catalog_records(snapshot, source, apex)));
     }
-    let soa = records(snapshot, source, apex, RecordType::SOA).pop()?;
     let names = zone_names(snapshot, source, apex);
     let body = (names.others)
         .flat_map(|(name, types)| {
@@ -613,15 +589,18 @@ fn visible_hosts(
     })
 }
 
-/// The address records of app `app` of space `s` in `snapshot`.
+/// The address records of app `app` of space `s` in `snapshot`, with `addresses`, as `answer`
+/// gives them: the space's TTL, A first, then AAAA.
 fn host_records(snapshot: &Snapshot, s: usize, app: &str, addresses: &[IpAddr]) -> Vec<Record> {
     let space = &snapshot.spaces[s];
     let Ok(host) = Name::from_ascii(app).and_then(|n| n.append_domain(&space.domain)) else {
         return Vec::new();
     };
-    (addresses.iter())
+    let mut records: Vec<Record> = (addresses.iter())
         .map(|ip| address_record(host.clone(), space.ttl, *ip))
-        .collect()
+        .collect();
+    records.sort_by_key(|r| r.record_type() == RecordType::AAAA);
+    records
 }
 
 /// How many changes of one zone the journal keeps.
@@ -648,12 +627,9 @@ impl Journal {
     /// Records how the zone at `apex` changed for `source` between `old` and `new`; a change too
     /// large to be worth sending as one (more than the zone) breaks the chain instead.
     pub fn record(&self, old: &Snapshot, new: &Snapshot, source: IpAddr, apex: &Name) {
-        let catalog = apex.to_ascii().ends_with(".catalog.spaceroute.invalid.");
-        let serial = |snapshot: &Snapshot| match catalog {
-            true => catalog_soa(snapshot, source, apex).map(|soa| soa_serial(&soa)),
-            false => {
-                (records(snapshot, source, apex, RecordType::SOA).pop()).map(|s| soa_serial(&s))
-            }
+        let catalog = Name::from_ascii(CATALOGS).is_ok_and(|c| c.zone_of(apex));
+        let serial = |snapshot: &Snapshot| {
+            zone_soa(snapshot, source, apex, catalog).map(|soa| soa_serial(&soa))
         };
         // The serials first: most reloads leave most zones alone, and comparing a zone's
         // contents means building it twice.
@@ -732,19 +708,15 @@ impl Journal {
     }
 }
 
+/// A catalog's SOA: its serial is the newest of its members'.
 fn catalog_soa(snapshot: &Snapshot, source: IpAddr, catalog: &Name) -> Option<Record> {
     let serial = (members(snapshot, source).iter())
         .map(|m| m.1)
-        .reduce(|a, b| if newer(b, a) { b } else { a })
+        .reduce(|a, b| if serial_after(b, a) { b } else { a })
         .unwrap_or(1);
     let invalid = Name::from_ascii("invalid.").ok()?;
     let soa = SOA::new(invalid.clone(), invalid, serial, 3600, 600, 604_800, 0);
     Some(Record::from_rdata(catalog.clone(), 0, RData::SOA(soa)))
-}
-
-/// `a` is after `b` in serial number arithmetic (RFC 1982).
-fn newer(a: u32, b: u32) -> bool {
-    a != b && a.wrapping_sub(b) < 1 << 31
 }
 
 /// The serial an IXFR request says the secondary has: the SOA in its authority section.
@@ -849,6 +821,11 @@ impl Iterator for Transfer {
 }
 
 impl Transfer {
+    /// The zone being transferred, as the request named it.
+    pub fn zone(&self) -> String {
+        self.question.name().to_ascii()
+    }
+
     fn next_record(&mut self) -> Option<Record> {
         loop {
             if let Some(r) = self.pending.pop() {

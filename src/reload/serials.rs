@@ -12,7 +12,7 @@ use std::fmt;
 
 use super::prints::{Prints, ZoneId};
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, ZoneKey};
+use crate::snapshot::{Snapshot, ZoneKey, serial_after};
 
 /// The SOA serials of every zone.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,7 @@ impl Serials {
                 };
                 let serial = match before {
                     None => wanted,
-                    Some(before) if newer(wanted, before) => wanted,
+                    Some(before) if serial_after(wanted, before) => wanted,
                     Some(before) if changed(id) => {
                         let serial = before.wrapping_add(1);
                         if print.serial.is_some() {
@@ -78,11 +78,14 @@ impl Serials {
 
     /// Sets the per-zone serial gauges: each zone's serial as askers see it in `snapshot`.
     pub(super) fn report(&self, metrics: &Metrics, snapshot: &Snapshot) {
+        let index: HashMap<&str, usize> = (snapshot.spaces.iter().enumerate())
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         metrics.zone_serials(self.zones.iter().map(|(id, &serial)| {
             let serial = match id {
-                ZoneId::Space(name) => (snapshot.spaces.iter())
-                    .position(|s| &s.name == name)
-                    .map_or(serial, |s| snapshot.app_domain_serial(s)),
+                ZoneId::Space(name) => {
+                    (index.get(name.as_str())).map_or(serial, |&s| snapshot.app_domain_serial(s))
+                }
                 _ => serial,
             };
             let zone = match id {
@@ -100,11 +103,6 @@ impl Serials {
             .copied()
             .unwrap_or(self.last)
     }
-}
-
-/// `a` is after `b` in serial number arithmetic (RFC 1982 §3.2).
-fn newer(a: u32, b: u32) -> bool {
-    a != b && a.wrapping_sub(b) < 1 << 31
 }
 
 /// A zone as a warning names it.

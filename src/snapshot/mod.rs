@@ -484,6 +484,11 @@ impl Snapshot {
     }
 }
 
+/// Whether SOA serial `a` is after `b` in serial number arithmetic (RFC 1982 §3.2).
+pub fn serial_after(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
 /// Whether `name` is the lower-case wire-format name `key` (compared without case).
 pub fn is_wire(name: &Name, key: &[u8]) -> bool {
     let mut at = 0;
